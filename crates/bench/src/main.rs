@@ -1,0 +1,103 @@
+//! Macro benchmarks of echodb, run by `cargo xtask bench SUITE [--quick] [--json]`.
+//!
+//! Each suite measures the real code path and, in the same run over the same bytes, the raw
+//! limit it stands on (hashing, signatures, RocksDB), so every figure reads as a ratio to its limit.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark reports on stdout/stderr
+
+mod feeds;
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+/// One measured figure.
+#[derive(Debug, Serialize)]
+pub struct Figure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+}
+
+/// A suite's results, as printed with `--json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    suite: &'static str,
+    results: Vec<Figure>,
+    /// What was measured, for the record: sizes and settings.
+    config: serde_json::Value,
+}
+
+impl Report {
+    fn figure(&self, name: &str) -> Option<f64> {
+        self.results
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    }
+}
+
+/// Times `work`, which handles `items` items, and returns items per second.
+pub fn rate(items: u64, work: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    work()?;
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    Ok(items as f64 / secs)
+}
+
+/// Says what is being measured, on stderr, so long runs show progress.
+pub fn progress(what: &str) {
+    eprintln!("  .. {what}");
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args.iter().any(|a| a == "--json");
+    let suite = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(String::as_str);
+    let report = match suite {
+        Some("feeds") => feeds::run(quick)?,
+        Some(other) => bail!("unknown suite {other:?}; suites: feeds"),
+        None => bail!("usage: echodb-bench SUITE [--quick] [--json]; suites: feeds"),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    println!("suite: {}   ({})", report.suite, report.config);
+    println!("{:<34} {:>16}  unit", "name", "value");
+    for f in &report.results {
+        println!("{:<34} {:>16.1}  {}", f.name, f.value, f.unit);
+    }
+    if report.suite == "feeds" {
+        let ratio = |a: &str, b: &str| match (report.figure(a), report.figure(b)) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.0}%", 100.0 * x / y),
+            _ => "-".into(),
+        };
+        println!();
+        println!(
+            "import_memory / raw_blake3_decode        {}  (target >= 40%, and >= 1,000,000/s)",
+            ratio("import_memory_per_s", "raw_blake3_decode_per_s")
+        );
+        println!(
+            "import_rocksdb / raw_rocksdb_batch_put   {}  (target >= 60%)",
+            ratio("import_rocksdb_per_s", "raw_rocksdb_batch_put_per_s")
+        );
+        println!(
+            "append_batch1000 / raw_rocksdb_batch_put {}  (target >= 60%)",
+            ratio(
+                "append_batch1000_nosync_per_s",
+                "raw_rocksdb_batch_put_per_s"
+            )
+        );
+    }
+}

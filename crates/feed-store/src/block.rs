@@ -1,0 +1,122 @@
+//! Blocks: their hashes, the head a writer signs, and decoding with the checks every reader needs.
+
+use std::fmt;
+
+use bytes::Bytes;
+use echodb_halo::{PublicKey, Seq};
+use echodb_proto::{Message as _, feed as pb};
+
+/// Length of a BLAKE3 hash.
+pub const HASH_LEN: usize = 32;
+
+/// BLAKE3 hash of one block's encoding; each block carries the hash of the one before it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockHash(pub [u8; HASH_LEN]);
+
+impl BlockHash {
+    /// Hashes a block's encoded bytes.
+    pub fn of(encoded: &[u8]) -> Self {
+        Self(*blake3::hash(encoded).as_bytes())
+    }
+
+    /// Reads a hash from exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+impl fmt::Debug for BlockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0[..6]))
+    }
+}
+
+impl fmt::Display for BlockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+const HEAD_DOMAIN: &[u8] = b"echo/feed-head/v1\0";
+
+/// The bytes a feed's key signs to vouch for every block up to and including `seq`:
+/// a domain tag, the feed key, the seq (big-endian) and the hash of the block at `seq`.
+pub fn head_message(feed: &PublicKey, seq: Seq, hash: &BlockHash) -> [u8; HEAD_DOMAIN.len() + 72] {
+    let mut message = [0u8; HEAD_DOMAIN.len() + 72];
+    let (domain, rest) = message.split_at_mut(HEAD_DOMAIN.len());
+    domain.copy_from_slice(HEAD_DOMAIN);
+    rest[..32].copy_from_slice(feed.as_bytes());
+    rest[32..40].copy_from_slice(&seq.0.to_be_bytes());
+    rest[40..].copy_from_slice(&hash.0);
+    message
+}
+
+/// A block decoded from its bytes, with the bytes kept (they are what is hashed and stored).
+#[derive(Clone, Debug)]
+pub struct DecodedBlock {
+    /// The decoded fields.
+    pub block: pb::Block,
+    /// The exact bytes received or stored.
+    pub encoded: Bytes,
+    /// BLAKE3 of `encoded`.
+    pub hash: BlockHash,
+}
+
+/// Why a block's bytes are not a well-formed block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MalformedBlock {
+    /// The bytes are not a protobuf `Block`.
+    #[error("not a block encoding: {0}")]
+    Decode(String),
+    /// `prev_hash` is neither empty (seq 0) nor 32 bytes.
+    #[error("prev_hash has {0} bytes; it must be 32, or empty at seq 0")]
+    PrevHashLength(usize),
+    /// A timeframe entry names a feed by a key that is not 32 bytes, or names no feed.
+    #[error("a timeframe entry names no feed or a key of the wrong length")]
+    TimeframeEntry,
+}
+
+impl DecodedBlock {
+    /// Decodes and hashes `encoded`, checking the shape every block must have.
+    pub fn decode(encoded: Bytes) -> Result<Self, MalformedBlock> {
+        let hash = BlockHash::of(&encoded);
+        let block = pb::Block::decode(encoded.clone())
+            .map_err(|e| MalformedBlock::Decode(e.to_string()))?;
+        let prev_len = block.prev_hash.len();
+        if !(prev_len == HASH_LEN || (prev_len == 0 && block.seq == 0)) {
+            return Err(MalformedBlock::PrevHashLength(prev_len));
+        }
+        for entry in &block.timeframe_delta {
+            match &entry.feed {
+                Some(pb::timeframe_entry::Feed::Key(key)) if key.len() == 32 => {}
+                Some(pb::timeframe_entry::Feed::Index(_)) => {}
+                _ => return Err(MalformedBlock::TimeframeEntry),
+            }
+        }
+        Ok(Self {
+            block,
+            encoded,
+            hash,
+        })
+    }
+
+    /// The block's position.
+    pub fn seq(&self) -> Seq {
+        Seq(self.block.seq)
+    }
+
+    /// The hash this block links to, if it is not the first.
+    pub fn prev_hash(&self) -> Option<BlockHash> {
+        BlockHash::from_slice(&self.block.prev_hash)
+    }
+}

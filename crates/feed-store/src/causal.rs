@@ -1,0 +1,288 @@
+//! Causal iteration over a set of feeds.
+//!
+//! A block is yielded only after every block in its timeframe (and the block before it in its own
+//! feed). Among blocks that are ready at the same time, the one with the smallest
+//! (Lamport time, feed key) comes first, so for a given set of stored blocks the order is the same
+//! on every replica, whatever order the blocks arrived in.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use echodb_halo::{PublicKey, Seq, Timeframe};
+
+use crate::block::{BlockHash, DecodedBlock};
+use crate::codec::{FeedIndexTable, UnknownFeedIndex};
+use crate::error::ReadError;
+use crate::store::FeedStore;
+
+/// A block yielded in causal order.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The feed it belongs to.
+    pub feed: PublicKey,
+    /// Its position.
+    pub seq: Seq,
+    /// Its Lamport time.
+    pub lamport: u64,
+    /// Its hash.
+    pub hash: BlockHash,
+    /// The writer's full timeframe when it wrote the block (other feeds only).
+    pub timeframe: Arc<Timeframe>,
+    /// What the layer above stored.
+    pub payload: Bytes,
+}
+
+/// Why iteration could not go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CausalError {
+    /// Reading from the store failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A block's timeframe names a feed index its writer never gave out: the writer is broken.
+    /// The feed is skipped from that block on.
+    #[error("block {seq} of feed {feed} has a bad timeframe: {source}")]
+    BadTimeframe {
+        /// The feed.
+        feed: PublicKey,
+        /// The block.
+        seq: Seq,
+        /// What is wrong.
+        #[source]
+        source: UnknownFeedIndex,
+    },
+}
+
+#[derive(Debug)]
+struct Cursor {
+    /// Seq of the next block to deliver.
+    next: u64,
+    /// The feed's timeframe as of its last delivered block.
+    timeframe: Arc<Timeframe>,
+    table: FeedIndexTable,
+    buffer: VecDeque<DecodedBlock>,
+    /// The next block, decoded, with its full timeframe, once it is stored.
+    head: Option<(DecodedBlock, Arc<Timeframe>)>,
+    broken: bool,
+}
+
+/// How many blocks a cursor reads from storage at a time.
+const READ_AHEAD: u64 = 256;
+
+/// Yields the blocks of a set of feeds in causal order; see the module docs.
+///
+/// It is resumable: [`CausalIterator::processed`] is the checkpoint to store, and
+/// [`CausalIterator::new`] with it continues after the last yielded block. When it runs out it
+/// returns `None`; call [`CausalIterator::next`] again after new blocks arrive (a
+/// [`FeedStore::subscribe`] event says when).
+#[derive(Debug)]
+pub struct CausalIterator {
+    store: Arc<FeedStore>,
+    cursors: BTreeMap<PublicKey, Cursor>,
+    processed: Timeframe,
+    ready: BinaryHeap<Reverse<(u64, PublicKey)>>,
+    /// dependency feed → (seq needed, waiting feed)
+    waiting: HashMap<PublicKey, Vec<(Seq, PublicKey)>>,
+    /// Feeds whose next block is not stored yet.
+    exhausted: BTreeSet<PublicKey>,
+}
+
+impl CausalIterator {
+    /// Iterates `feeds` from just after `processed` (an empty timeframe starts at the beginning).
+    ///
+    /// Resuming rebuilds each feed's timeframe by reading the deltas of its earlier blocks.
+    pub fn new(
+        store: Arc<FeedStore>,
+        feeds: impl IntoIterator<Item = PublicKey>,
+        processed: &Timeframe,
+    ) -> Result<Self, CausalError> {
+        let mut this = Self {
+            store,
+            cursors: BTreeMap::new(),
+            processed: Timeframe::new(),
+            ready: BinaryHeap::new(),
+            waiting: HashMap::new(),
+            exhausted: BTreeSet::new(),
+        };
+        for feed in feeds {
+            this.add_feed_at(feed, processed.get(&feed))?;
+        }
+        Ok(this)
+    }
+
+    /// Adds a feed (admitted later, say), starting from its first block.
+    pub fn add_feed(&mut self, feed: PublicKey) -> Result<(), CausalError> {
+        if self.cursors.contains_key(&feed) {
+            return Ok(());
+        }
+        self.add_feed_at(feed, None)
+    }
+
+    fn add_feed_at(&mut self, feed: PublicKey, last: Option<Seq>) -> Result<(), CausalError> {
+        let next = last.map_or(0, |s| s.0 + 1);
+        let mut cursor = Cursor {
+            next: 0,
+            timeframe: Arc::new(Timeframe::new()),
+            table: FeedIndexTable::default(),
+            buffer: VecDeque::new(),
+            head: None,
+            broken: false,
+        };
+        // Replay the deltas of the blocks already processed.
+        while cursor.next < next {
+            let end = (cursor.next + 4096).min(next);
+            let blocks = self.store.read_range(&feed, Seq(cursor.next), Seq(end))?;
+            if blocks.is_empty() {
+                break;
+            }
+            for block in blocks {
+                let delta =
+                    cursor
+                        .table
+                        .decode(&block.block.timeframe_delta)
+                        .map_err(|source| CausalError::BadTimeframe {
+                            feed,
+                            seq: block.seq(),
+                            source,
+                        })?;
+                if !delta.is_empty() {
+                    Arc::make_mut(&mut cursor.timeframe).apply_delta(delta);
+                }
+                cursor.next += 1;
+            }
+        }
+        if let Some(last) = last {
+            self.processed.advance(feed, last);
+        }
+        self.cursors.insert(feed, cursor);
+        self.load(feed)
+    }
+
+    /// What has been yielded so far: the checkpoint to resume from.
+    pub fn processed(&self) -> &Timeframe {
+        &self.processed
+    }
+
+    /// Feeds whose next block is stored but waits for a block that is not processed yet, with
+    /// the first block each waits for.
+    pub fn blocked(&self) -> Vec<(PublicKey, PublicKey, Seq)> {
+        let mut out: Vec<_> = self
+            .waiting
+            .iter()
+            .flat_map(|(dep, list)| list.iter().map(move |(seq, feed)| (*feed, *dep, *seq)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The next block in causal order, or `None` when nothing stored is ready.
+    #[allow(clippy::should_implement_trait)] // fallible and resumable after `None`
+    pub fn next(&mut self) -> Option<Result<Delivered, CausalError>> {
+        if self.ready.is_empty()
+            && let Err(e) = self.poll_exhausted()
+        {
+            return Some(Err(e));
+        }
+        let Reverse((_, feed)) = self.ready.pop()?;
+        let cursor = self.cursors.get_mut(&feed)?;
+        let (block, timeframe) = cursor.head.take()?;
+        cursor.next += 1;
+        cursor.timeframe = timeframe.clone();
+        let seq = block.seq();
+        self.processed.advance(feed, seq);
+        let delivered = Delivered {
+            feed,
+            seq,
+            lamport: block.block.lamport,
+            hash: block.hash,
+            timeframe,
+            payload: block.block.payload,
+        };
+        if let Err(e) = self.load(feed) {
+            return Some(Err(e));
+        }
+        self.wake(feed, seq);
+        Some(Ok(delivered))
+    }
+
+    fn poll_exhausted(&mut self) -> Result<(), CausalError> {
+        let feeds: Vec<PublicKey> = std::mem::take(&mut self.exhausted).into_iter().collect();
+        for feed in feeds {
+            self.load(feed)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the next block of `feed` (if stored) and queues it as ready or waiting.
+    fn load(&mut self, feed: PublicKey) -> Result<(), CausalError> {
+        let Some(cursor) = self.cursors.get_mut(&feed) else {
+            return Ok(());
+        };
+        if cursor.head.is_some() || cursor.broken {
+            return Ok(());
+        }
+        if cursor.buffer.is_empty() {
+            let start = cursor.next;
+            let blocks = self
+                .store
+                .read_range(&feed, Seq(start), Seq(start + READ_AHEAD))?;
+            cursor.buffer.extend(blocks);
+        }
+        let Some(block) = cursor.buffer.pop_front() else {
+            self.exhausted.insert(feed);
+            return Ok(());
+        };
+        let delta = match cursor.table.decode(&block.block.timeframe_delta) {
+            Ok(delta) => delta,
+            Err(source) => {
+                cursor.broken = true;
+                tracing::warn!(%feed, seq = block.block.seq, error = %source, "feed skipped from a block with a bad timeframe");
+                return Err(CausalError::BadTimeframe {
+                    feed,
+                    seq: block.seq(),
+                    source,
+                });
+            }
+        };
+        let timeframe = if delta.is_empty() {
+            cursor.timeframe.clone()
+        } else {
+            let mut tf = (*cursor.timeframe).clone();
+            tf.apply_delta(delta);
+            Arc::new(tf)
+        };
+        cursor.head = Some((block, timeframe));
+        self.evaluate(feed);
+        Ok(())
+    }
+
+    /// Queues the loaded head of `feed` as ready, or waiting on its first unmet dependency.
+    fn evaluate(&mut self, feed: PublicKey) {
+        let Some((block, timeframe)) = self.cursors.get(&feed).and_then(|c| c.head.as_ref()) else {
+            return;
+        };
+        let unmet = timeframe
+            .iter()
+            .find(|(dep, seq)| **dep != feed && !self.processed.covers(dep, **seq));
+        match unmet {
+            Some((dep, seq)) => self.waiting.entry(*dep).or_default().push((*seq, feed)),
+            None => self.ready.push(Reverse((block.block.lamport, feed))),
+        }
+    }
+
+    /// Re-evaluates the feeds that waited for `feed` up to `seq`.
+    fn wake(&mut self, feed: PublicKey, seq: Seq) {
+        let Some(list) = self.waiting.remove(&feed) else {
+            return;
+        };
+        let (woken, still): (Vec<_>, Vec<_>) = list.into_iter().partition(|(need, _)| *need <= seq);
+        if !still.is_empty() {
+            self.waiting.insert(feed, still);
+        }
+        for (_, waiter) in woken {
+            self.evaluate(waiter);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Ed25519 keys, signatures and the [`Signer`] trait.
+//!
+//! Every key in echodb (identity, device, feed, space) is an ed25519 key pair. A [`PublicKey`]
+//! prints as 64 lower-case hex digits and parses back exactly; [`PublicKey::short`] gives the
+//! first 8 digits for people to read in logs and tables.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+
+/// Length in bytes of a public key.
+pub const PUBLIC_KEY_LEN: usize = 32;
+/// Length in bytes of a signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Why a key or signature could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The text is not 64 hex digits.
+    #[error("a public key is 64 hex digits; got {len} characters: {text:?}")]
+    BadHexLength {
+        /// The text that was given.
+        text: String,
+        /// Its length.
+        len: usize,
+    },
+    /// The text has a character that is not a hex digit.
+    #[error("a public key is 64 hex digits; {text:?} has a character that is not one")]
+    NotHex {
+        /// The text that was given.
+        text: String,
+    },
+    /// The bytes have the wrong length.
+    #[error("expected {expected} bytes, got {got}")]
+    BadLength {
+        /// How many bytes were expected.
+        expected: usize,
+        /// How many were given.
+        got: usize,
+    },
+    /// The 32 bytes are not a point on the curve.
+    #[error("the bytes are not a valid ed25519 public key")]
+    NotOnCurve,
+}
+
+/// An ed25519 public key: the name of an identity, device, feed or space.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKey([u8; PUBLIC_KEY_LEN]);
+
+impl PublicKey {
+    /// Wraps 32 bytes. The bytes are checked to be a curve point only when a signature is verified.
+    pub const fn from_bytes(bytes: [u8; PUBLIC_KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads a key from a slice of exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
+        let array: [u8; PUBLIC_KEY_LEN] = bytes.try_into().map_err(|_| KeyError::BadLength {
+            expected: PUBLIC_KEY_LEN,
+            got: bytes.len(),
+        })?;
+        Ok(Self(array))
+    }
+
+    /// The 32 bytes of the key.
+    pub const fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
+        &self.0
+    }
+
+    /// The first 8 hex digits, for people to read; not unique, never parse it back.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+
+    /// Checks `signature` over `message` under this key (strict verification: no malleable or
+    /// small-order signatures).
+    pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| SignatureError::BadKey)?;
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        key.verify_strict(message, &sig)
+            .map_err(|_| SignatureError::Invalid)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.short())
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.len() != PUBLIC_KEY_LEN * 2 {
+            return Err(KeyError::BadHexLength {
+                text: text.to_owned(),
+                len: text.len(),
+            });
+        }
+        let mut bytes = [0u8; PUBLIC_KEY_LEN];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| KeyError::NotHex {
+            text: text.to_owned(),
+        })?;
+        Ok(Self(bytes))
+    }
+}
+
+/// Why a signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// The public key is not a valid curve point.
+    #[error("the public key is not a valid ed25519 key")]
+    BadKey,
+    /// The signature does not match the message under the key.
+    #[error("the signature does not match")]
+    Invalid,
+}
+
+/// An ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature([u8; SIGNATURE_LEN]);
+
+impl Signature {
+    /// Wraps 64 bytes.
+    pub const fn from_bytes(bytes: [u8; SIGNATURE_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads a signature from a slice of exactly 64 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
+        let array: [u8; SIGNATURE_LEN] = bytes.try_into().map_err(|_| KeyError::BadLength {
+            expected: SIGNATURE_LEN,
+            got: bytes.len(),
+        })?;
+        Ok(Self(array))
+    }
+
+    /// The 64 bytes of the signature.
+    pub const fn as_bytes(&self) -> &[u8; SIGNATURE_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({}..)", hex::encode(&self.0[..6]))
+    }
+}
+
+/// Something that signs with one key: a key pair in memory, or a key held elsewhere.
+pub trait Signer: Send + Sync {
+    /// The key whose signatures this produces.
+    fn public_key(&self) -> PublicKey;
+    /// Signs `message`.
+    fn sign(&self, message: &[u8]) -> Signature;
+}
+
+/// An ed25519 key pair held in memory. The secret is wiped when the pair is dropped.
+#[derive(Clone)]
+pub struct KeyPair {
+    signing: SigningKey,
+    public: PublicKey,
+}
+
+impl KeyPair {
+    /// A new key pair from the operating system's random source.
+    pub fn generate() -> Self {
+        let mut seed = [0u8; 32];
+        // The OS random source failing means the machine cannot make keys at all; nothing
+        // sensible can continue, and returning a weak key would be worse than stopping.
+        #[allow(clippy::expect_used)]
+        getrandom::fill(&mut seed).expect("the operating system's random source failed");
+        Self::from_seed(seed)
+    }
+
+    /// The key pair whose secret is `seed` (deterministic; for tests and stored keys).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(&seed);
+        let public = PublicKey(signing.verifying_key().to_bytes());
+        Self { signing, public }
+    }
+
+    /// The 32 secret bytes; handle with care.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+}
+
+impl Signer for KeyPair {
+    fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn sign(&self, message: &[u8]) -> Signature {
+        Signature(self.signing.sign(message).to_bytes())
+    }
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPair({})", self.public.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_key_round_trips_through_text() {
+        let key = KeyPair::from_seed([7; 32]).public_key();
+        let text = key.to_string();
+        assert_eq!(text.len(), 64);
+        assert_eq!(text.parse::<PublicKey>(), Ok(key));
+        assert!(text.starts_with(&key.short()));
+    }
+
+    #[test]
+    fn public_key_parse_names_the_problem() {
+        assert!(matches!(
+            "abc".parse::<PublicKey>(),
+            Err(KeyError::BadHexLength { len: 3, .. })
+        ));
+        let not_hex = "g".repeat(64);
+        assert!(matches!(
+            not_hex.parse::<PublicKey>(),
+            Err(KeyError::NotHex { .. })
+        ));
+    }
+
+    #[test]
+    fn signatures_verify_and_tampering_is_refused() {
+        let pair = KeyPair::generate();
+        let sig = pair.sign(b"hello");
+        assert_eq!(pair.public_key().verify(b"hello", &sig), Ok(()));
+        assert_eq!(
+            pair.public_key().verify(b"hellO", &sig),
+            Err(SignatureError::Invalid)
+        );
+        let other = KeyPair::generate().public_key();
+        assert_eq!(other.verify(b"hello", &sig), Err(SignatureError::Invalid));
+    }
+}
