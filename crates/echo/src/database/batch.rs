@@ -1,0 +1,488 @@
+//! Local writes: a batch of operations checked as they are added and committed as one block.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use echodb_proto::db::{self as pb, Mutation, Mutations, mutation};
+use yrs::{Transact as _, TransactionMut};
+
+use crate::database::{BlockOrigin, Change, Database, ObjectType, Op, Touched};
+use crate::error::{CommitError, WriteError};
+use crate::id::ObjectId;
+use crate::model::{
+    CounterModel, CounterOp, Model, ModelError, ObjectModel, ObjectOp, TextModel, TextOp,
+    same_value,
+};
+use crate::value::Value;
+
+type Edit = Box<dyn FnOnce(&mut TransactionMut<'_>) -> Result<(), ModelError>>;
+
+enum Staged {
+    Create {
+        id: ObjectId,
+        type_name: Arc<str>,
+        model: Arc<str>,
+        parent: Option<ObjectId>,
+    },
+    Edit {
+        id: ObjectId,
+        edit: Edit,
+    },
+    SetParent {
+        id: ObjectId,
+        parent: Option<ObjectId>,
+    },
+    Delete {
+        id: ObjectId,
+    },
+    Restore {
+        id: ObjectId,
+    },
+}
+
+/// How the batch sees an object: the database's state with the batch's own staged changes.
+#[derive(Debug, Clone)]
+struct Seen {
+    model: Arc<str>,
+    deleted: bool,
+    parent: Option<ObjectId>,
+}
+
+/// A batch of local writes over one or more objects, committed as one atomic data block.
+///
+/// Each operation is checked against the database (and the batch's earlier operations) when it
+/// is added and refused with a [`WriteError`] if it cannot apply; nothing changes until
+/// [`Batch::commit`]. Dropping a batch discards it.
+pub struct Batch<'db> {
+    db: &'db mut Database,
+    staged: Vec<Staged>,
+    overlay: BTreeMap<ObjectId, Seen>,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("operations", &self.staged.len())
+            .finish()
+    }
+}
+
+/// A committed batch: what to append to the data feed, and what it changed locally.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalCommit {
+    /// The block payload to append (encode with `prost::Message::encode_to_vec`).
+    pub mutations: Mutations,
+    /// Objects changed, in the order the batch first touched them.
+    pub changes: Vec<Change>,
+    /// Operations that could not apply at commit (only possible when an earlier operation of
+    /// the same batch changed what they depended on); they changed nothing.
+    pub skipped: Vec<WriteError>,
+}
+
+fn to_fields(
+    type_name: &str,
+    value: &impl serde::Serialize,
+) -> Result<BTreeMap<String, Value>, WriteError> {
+    let json = serde_json::to_value(value).map_err(|e| WriteError::NotAMap {
+        type_name: type_name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    match Value::from_json(&json) {
+        Value::Map(fields) => Ok(fields),
+        other => Err(WriteError::NotAMap {
+            type_name: type_name.to_owned(),
+            reason: format!("it serializes to a {}", other.kind()),
+        }),
+    }
+}
+
+impl<'db> Batch<'db> {
+    pub(crate) fn new(db: &'db mut Database) -> Self {
+        Self {
+            db,
+            staged: Vec::new(),
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    /// The database as committed (without this batch's operations), for reads while batching.
+    pub fn database(&self) -> &Database {
+        self.db
+    }
+
+    fn seen(&self, id: ObjectId) -> Option<Seen> {
+        self.overlay.get(&id).cloned().or_else(|| {
+            self.db.objects.get(&id).map(|r| Seen {
+                model: r.model.clone(),
+                deleted: r.deleted.value,
+                parent: r.parent.value,
+            })
+        })
+    }
+
+    fn live(&self, id: ObjectId) -> Result<Seen, WriteError> {
+        let seen = self.seen(id).ok_or(WriteError::UnknownObject { id })?;
+        if seen.deleted {
+            return Err(WriteError::Deleted { id });
+        }
+        Ok(seen)
+    }
+
+    fn check_refs(&self, id: ObjectId, values: &[&Value]) -> Result<(), WriteError> {
+        let mut targets = Vec::new();
+        for v in values {
+            v.collect_refs(&mut targets);
+        }
+        for target in targets {
+            match self.seen(target) {
+                None => return Err(WriteError::ReferenceToMissing { id, target }),
+                Some(s) if s.deleted => return Err(WriteError::ReferenceToDeleted { id, target }),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_parent(&self, id: ObjectId, parent: Option<ObjectId>) -> Result<(), WriteError> {
+        let Some(parent) = parent else {
+            return Ok(());
+        };
+        let seen = self
+            .seen(parent)
+            .ok_or(WriteError::ReferenceToMissing { id, target: parent })?;
+        if seen.deleted {
+            return Err(WriteError::ReferenceToDeleted { id, target: parent });
+        }
+        // Walk up from the new parent; replicated state may hold a cycle already, so the walk
+        // is bounded by the number of objects.
+        let mut here = Some(parent);
+        let mut steps = 0usize;
+        while let Some(at) = here {
+            if at == id {
+                return Err(WriteError::ParentCycle { id, parent });
+            }
+            steps += 1;
+            if steps > self.db.objects.len() + self.overlay.len() {
+                break;
+            }
+            here = self.seen(at).and_then(|s| s.parent);
+        }
+        Ok(())
+    }
+
+    /// Creates an object of `model` (a registered kind) under `type_name`; returns its id.
+    pub fn create(
+        &mut self,
+        type_name: &str,
+        model: &str,
+        parent: Option<ObjectId>,
+    ) -> Result<ObjectId, WriteError> {
+        self.create_with_id(ObjectId::random(), type_name, model, parent)
+    }
+
+    /// Creates an object with a chosen id (for tests and imports).
+    pub fn create_with_id(
+        &mut self,
+        id: ObjectId,
+        type_name: &str,
+        model: &str,
+        parent: Option<ObjectId>,
+    ) -> Result<ObjectId, WriteError> {
+        let model: Arc<str> = match self.db.models.get(model) {
+            Some(_) => Arc::from(model),
+            None => {
+                return Err(WriteError::UnknownModel {
+                    kind: model.to_owned(),
+                });
+            }
+        };
+        if self.seen(id).is_some() {
+            return Err(WriteError::Exists { id });
+        }
+        self.check_parent(id, parent)?;
+        self.overlay.insert(
+            id,
+            Seen {
+                model: model.clone(),
+                deleted: false,
+                parent,
+            },
+        );
+        self.staged.push(Staged::Create {
+            id,
+            type_name: Arc::from(type_name),
+            model,
+            parent,
+        });
+        Ok(id)
+    }
+
+    /// Applies a model operation to an object of model `M`.
+    pub fn edit<M: Model>(&mut self, id: ObjectId, op: M::Op) -> Result<(), WriteError>
+    where
+        M::Op: 'static,
+    {
+        let seen = self.live(id)?;
+        if &*seen.model != M::KIND {
+            return Err(WriteError::ModelMismatch {
+                id,
+                expected: M::KIND.to_owned(),
+                found: seen.model.to_string(),
+            });
+        }
+        self.staged.push(Staged::Edit {
+            id,
+            edit: Box::new(move |txn| M::apply_op(txn, &op)),
+        });
+        Ok(())
+    }
+
+    /// Applies an `object` operation, checking the references it writes.
+    pub fn edit_object(&mut self, id: ObjectId, op: ObjectOp) -> Result<(), WriteError> {
+        let values: Vec<&Value> = match &op {
+            ObjectOp::Set { value, .. } => vec![value],
+            ObjectOp::ListInsert { values, .. } => values.iter().collect(),
+            ObjectOp::Patch { set, .. } => set.values().collect(),
+            ObjectOp::Remove { .. } | ObjectOp::ListRemove { .. } => Vec::new(),
+        };
+        self.check_refs(id, &values)?;
+        self.edit::<ObjectModel>(id, op)
+    }
+
+    /// Sets the field at a dotted path of an `object` (untyped access).
+    pub fn set_field(&mut self, id: ObjectId, path: &str, value: Value) -> Result<(), WriteError> {
+        self.edit_object(
+            id,
+            ObjectOp::Set {
+                path: path.to_owned(),
+                value,
+            },
+        )
+    }
+
+    /// Removes the field at a dotted path of an `object`.
+    pub fn remove_field(&mut self, id: ObjectId, path: &str) -> Result<(), WriteError> {
+        self.edit_object(
+            id,
+            ObjectOp::Remove {
+                path: path.to_owned(),
+            },
+        )
+    }
+
+    /// Adds a typed object (model `object`, type `T::TYPE_NAME`) under an optional parent.
+    pub fn add<T: ObjectType>(
+        &mut self,
+        value: &T,
+        parent: Option<ObjectId>,
+    ) -> Result<ObjectId, WriteError> {
+        let fields = to_fields(T::TYPE_NAME, value)?;
+        let id = ObjectId::random();
+        let refs: Vec<&Value> = fields.values().collect();
+        self.check_refs(id, &refs)?;
+        self.create_with_id(id, T::TYPE_NAME, ObjectModel::KIND, parent)?;
+        self.edit::<ObjectModel>(
+            id,
+            ObjectOp::Patch {
+                set: fields,
+                remove: Vec::new(),
+            },
+        )?;
+        Ok(id)
+    }
+
+    /// Changes a typed object through `change` and writes only the top-level fields that
+    /// differ (nested maps and lists diffed in place). Reads the committed state, not this
+    /// batch's earlier writes.
+    pub fn update<T: ObjectType>(
+        &mut self,
+        id: ObjectId,
+        change: impl FnOnce(&mut T),
+    ) -> Result<(), WriteError> {
+        let record = self
+            .db
+            .objects
+            .get(&id)
+            .ok_or(WriteError::UnknownObject { id })?;
+        if &*record.type_name != T::TYPE_NAME {
+            return Err(WriteError::TypeMismatch {
+                id,
+                expected: T::TYPE_NAME.to_owned(),
+                found: record.type_name.to_string(),
+            });
+        }
+        let old = match &record.value {
+            Value::Map(fields) => fields.clone(),
+            _ => BTreeMap::new(),
+        };
+        let mut typed: T = serde_json::from_value(record.value.to_json()).map_err(|e| {
+            WriteError::Deserialize {
+                id,
+                type_name: T::TYPE_NAME.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        change(&mut typed);
+        let new = to_fields(T::TYPE_NAME, &typed)?;
+        let set: BTreeMap<String, Value> = new
+            .iter()
+            .filter(|(k, v)| !old.get(*k).is_some_and(|o| same_value(o, v)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let remove: Vec<String> = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
+        if set.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        self.edit_object(id, ObjectOp::Patch { set, remove })
+    }
+
+    /// Applies a `text` operation.
+    pub fn edit_text(&mut self, id: ObjectId, op: TextOp) -> Result<(), WriteError> {
+        self.edit::<TextModel>(id, op)
+    }
+
+    /// Inserts plain text at a byte position of a `text` object.
+    pub fn insert_text(&mut self, id: ObjectId, index: u32, text: &str) -> Result<(), WriteError> {
+        self.edit_text(
+            id,
+            TextOp::Insert {
+                index,
+                text: text.to_owned(),
+                attributes: BTreeMap::new(),
+            },
+        )
+    }
+
+    /// Adds to a `counter` object.
+    pub fn add_to_counter(&mut self, id: ObjectId, amount: i64) -> Result<(), WriteError> {
+        self.edit::<CounterModel>(id, CounterOp::Add(amount))
+    }
+
+    /// Moves an object under another parent (`None`: make it a root).
+    pub fn set_parent(&mut self, id: ObjectId, parent: Option<ObjectId>) -> Result<(), WriteError> {
+        let mut seen = self.live(id)?;
+        self.check_parent(id, parent)?;
+        seen.parent = parent;
+        self.overlay.insert(id, seen);
+        self.staged.push(Staged::SetParent { id, parent });
+        Ok(())
+    }
+
+    /// Marks an object deleted.
+    pub fn delete(&mut self, id: ObjectId) -> Result<(), WriteError> {
+        let mut seen = self.seen(id).ok_or(WriteError::UnknownObject { id })?;
+        seen.deleted = true;
+        self.overlay.insert(id, seen);
+        self.staged.push(Staged::Delete { id });
+        Ok(())
+    }
+
+    /// Clears an object's deleted mark.
+    pub fn restore(&mut self, id: ObjectId) -> Result<(), WriteError> {
+        let mut seen = self.seen(id).ok_or(WriteError::UnknownObject { id })?;
+        seen.deleted = false;
+        self.overlay.insert(id, seen);
+        self.staged.push(Staged::Restore { id });
+        Ok(())
+    }
+
+    /// Whether the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Applies the batch locally as the block `origin` (this database's writer feed, the
+    /// sequence number and Lamport time the block will get) and returns the mutations to
+    /// append there.
+    pub fn commit(self, origin: BlockOrigin) -> Result<LocalCommit, CommitError> {
+        let Batch { db, staged, .. } = self;
+        if origin.feed != db.writer {
+            return Err(CommitError::WrongWriter {
+                local: db.writer,
+                given: origin.feed,
+            });
+        }
+        let mut mutations = Vec::new();
+        let mut skipped = Vec::new();
+        let mut touched = Touched::default();
+        for op in staged {
+            let index = u32::try_from(mutations.len()).unwrap_or(u32::MAX);
+            let stamp = origin.stamp(index);
+            let (id, pb_op, op) = match op {
+                Staged::Create {
+                    id,
+                    type_name,
+                    model,
+                    parent,
+                } => (
+                    id,
+                    mutation::Op::Create(pb::Create {
+                        type_name: type_name.to_string(),
+                        model: model.to_string(),
+                        parent: parent.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+                    }),
+                    Op::Create {
+                        type_name,
+                        model,
+                        parent,
+                    },
+                ),
+                Staged::Edit { id, edit } => {
+                    touched.state(db, id);
+                    let Some(record) = db.objects.get_mut(&id) else {
+                        skipped.push(WriteError::UnknownObject { id });
+                        continue;
+                    };
+                    let mut txn = record.doc.transact_mut();
+                    if let Err(source) = edit(&mut txn) {
+                        skipped.push(WriteError::Model { id, source });
+                        continue;
+                    }
+                    if !txn.has_changes() {
+                        continue;
+                    }
+                    let update = txn.encode_update_v1();
+                    drop(txn);
+                    touched.state(db, id).content = true;
+                    mutations.push(Mutation {
+                        object_id: Bytes::copy_from_slice(id.as_bytes()),
+                        op: Some(mutation::Op::Update(pb::Update {
+                            update: Bytes::from(update),
+                        })),
+                    });
+                    continue;
+                }
+                Staged::SetParent { id, parent } => (
+                    id,
+                    mutation::Op::SetParent(pb::SetParent {
+                        parent: parent.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+                    }),
+                    Op::SetParent(parent),
+                ),
+                Staged::Delete { id } => (id, mutation::Op::Delete(pb::Delete {}), Op::Delete),
+                Staged::Restore { id } => (id, mutation::Op::Restore(pb::Restore {}), Op::Restore),
+            };
+            match db.apply_op(id, stamp, op, &mut touched) {
+                Ok(_) => mutations.push(Mutation {
+                    object_id: Bytes::copy_from_slice(id.as_bytes()),
+                    op: Some(pb_op),
+                }),
+                Err(reason) => skipped.push(WriteError::Model {
+                    id,
+                    source: ModelError::Invalid { reason },
+                }),
+            }
+        }
+        let changes = db.finish(touched);
+        Ok(LocalCommit {
+            mutations: Mutations { mutations },
+            changes,
+            skipped,
+        })
+    }
+}
