@@ -60,6 +60,42 @@ pub fn head_message(feed: &PublicKey, seq: Seq, hash: &BlockHash) -> [u8; HEAD_D
     message
 }
 
+/// Encodes a block straight into one buffer: the same bytes as `pb::Block { .. }.encode_to_vec()`
+/// (proto3 field order, default values omitted), without first copying the payload into the
+/// message. A test holds the two encodings equal.
+pub fn encode_block(
+    seq: u64,
+    prev: Option<&BlockHash>,
+    lamport: u64,
+    timeframe_delta: &[pb::TimeframeEntry],
+    payload: &[u8],
+) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, message};
+    let mut buf = Vec::with_capacity(payload.len() + 64 + 48 * timeframe_delta.len());
+    if seq != 0 {
+        encode_key(1, WireType::Varint, &mut buf);
+        encode_varint(seq, &mut buf);
+    }
+    if let Some(prev) = prev {
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(HASH_LEN as u64, &mut buf);
+        buf.extend_from_slice(&prev.0);
+    }
+    if lamport != 0 {
+        encode_key(3, WireType::Varint, &mut buf);
+        encode_varint(lamport, &mut buf);
+    }
+    for entry in timeframe_delta {
+        message::encode(4, entry, &mut buf);
+    }
+    if !payload.is_empty() {
+        encode_key(5, WireType::LengthDelimited, &mut buf);
+        encode_varint(payload.len() as u64, &mut buf);
+        buf.extend_from_slice(payload);
+    }
+    buf
+}
+
 /// A block decoded from its bytes, with the bytes kept (they are what is hashed and stored).
 #[derive(Clone, Debug)]
 pub struct DecodedBlock {
@@ -118,5 +154,44 @@ impl DecodedBlock {
     /// The hash this block links to, if it is not the first.
     pub fn prev_hash(&self) -> Option<BlockHash> {
         BlockHash::from_slice(&self.block.prev_hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn direct_encoding_equals_prost(
+            seq in any::<u64>(),
+            prev in proptest::option::of(any::<[u8; 32]>()),
+            lamport in any::<u64>(),
+            delta in proptest::collection::vec((any::<u32>(), any::<u64>(), any::<bool>()), 0..4),
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let entries: Vec<pb::TimeframeEntry> = delta
+                .iter()
+                .map(|(i, s, by_key)| pb::TimeframeEntry {
+                    feed: Some(if *by_key {
+                        pb::timeframe_entry::Feed::Key(Bytes::copy_from_slice(&[*i as u8; 32]))
+                    } else {
+                        pb::timeframe_entry::Feed::Index(*i)
+                    }),
+                    seq: *s,
+                })
+                .collect();
+            let prev = prev.map(BlockHash);
+            let direct = encode_block(seq, prev.as_ref(), lamport, &entries, &payload);
+            let message = pb::Block {
+                seq,
+                prev_hash: prev.map_or_else(Bytes::new, |h| Bytes::copy_from_slice(&h.0)),
+                lamport,
+                timeframe_delta: entries,
+                payload: Bytes::from(payload),
+            };
+            prop_assert_eq!(direct, message.encode_to_vec());
+        }
     }
 }

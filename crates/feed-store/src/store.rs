@@ -9,7 +9,7 @@ use echodb_halo::{PublicKey, Seq, Signature, Signer, Timeframe};
 use echodb_proto::{Message as _, feed as pb};
 use tokio::sync::broadcast;
 
-use crate::block::{BlockHash, DecodedBlock, head_message};
+use crate::block::{BlockHash, DecodedBlock, encode_block, head_message};
 use crate::codec::{FeedIndexTable, entries_to_timeframe, timeframe_to_entries};
 use crate::error::{AppendError, ImportError, ReadError};
 use crate::storage::{
@@ -411,14 +411,14 @@ impl FeedStore {
         let mut prev = current.head;
         let mut seq = current.length;
         for (i, payload) in payloads.iter().enumerate() {
-            let block = pb::Block {
+            let delta: &[pb::TimeframeEntry] = if i == 0 { &entries } else { &[] };
+            let encoded = Bytes::from(encode_block(
                 seq,
-                prev_hash: prev.map_or_else(Bytes::new, |h| Bytes::copy_from_slice(&h.0)),
-                lamport: first_lamport + i as u64,
-                timeframe_delta: if i == 0 { entries.clone() } else { Vec::new() },
-                payload: Bytes::copy_from_slice(payload.as_ref()),
-            };
-            let encoded = Bytes::from(block.encode_to_vec());
+                prev.as_ref(),
+                first_lamport + i as u64,
+                delta,
+                payload.as_ref(),
+            ));
             prev = Some(BlockHash::of(&encoded));
             batch.put(Column::Blocks, feed_seq_key(&feed, seq), encoded);
             seq += 1;
@@ -597,12 +597,11 @@ impl FeedStore {
             });
         }
         let block_limit = limits.max_payload + limits.max_block_overhead;
-        let mut blocks: Vec<DecodedBlock> = Vec::with_capacity(range.blocks.len());
-        for (position, encoded) in range.blocks.iter().enumerate() {
+        let blocks = decode_blocks(&range.blocks, |position, encoded| {
             if encoded.len() > block_limit {
                 return Err(ImportError::BlockTooLarge {
                     feed,
-                    seq: Seq(blocks.first().map_or(0, |b| b.block.seq) + position as u64),
+                    seq: Seq(position as u64),
                     size: encoded.len(),
                     limit: block_limit,
                 });
@@ -613,22 +612,6 @@ impl FeedStore {
                     position,
                     reason,
                 })?;
-            if let Some(prev) = blocks.last() {
-                let expected = prev.seq().next();
-                if block.seq() != expected {
-                    return Err(ImportError::OutOfSequence {
-                        feed,
-                        expected,
-                        found: block.seq(),
-                    });
-                }
-                if block.prev_hash() != Some(prev.hash) {
-                    return Err(ImportError::BrokenLink {
-                        feed,
-                        seq: block.seq(),
-                    });
-                }
-            }
             if block.block.payload.len() > limits.max_payload {
                 return Err(ImportError::BlockTooLarge {
                     feed,
@@ -637,7 +620,24 @@ impl FeedStore {
                     limit: limits.max_payload,
                 });
             }
-            blocks.push(block);
+            Ok(block)
+        })?;
+        for pair in blocks.windows(2) {
+            let (prev, block) = (&pair[0], &pair[1]);
+            let expected = prev.seq().next();
+            if block.seq() != expected {
+                return Err(ImportError::OutOfSequence {
+                    feed,
+                    expected,
+                    found: block.seq(),
+                });
+            }
+            if block.prev_hash() != Some(prev.hash) {
+                return Err(ImportError::BrokenLink {
+                    feed,
+                    seq: block.seq(),
+                });
+            }
         }
         let (start, last) = match (blocks.first(), blocks.last()) {
             (Some(first), Some(last)) => (first.block.seq, last),
@@ -1098,6 +1098,54 @@ impl FeedStore {
         }
         Ok(length)
     }
+}
+
+/// Below this many blocks a range is decoded on the calling thread; above it, on every core.
+const PARALLEL_DECODE_MIN: usize = 2048;
+
+/// Decodes and hashes every block of a range (the bulk of an import's work), in parallel for
+/// large ranges. On failure, returns the error of the first failing block by position, so the
+/// result does not depend on thread timing.
+fn decode_blocks<E: Send>(
+    encoded: &[Bytes],
+    decode: impl Fn(usize, &Bytes) -> Result<DecodedBlock, E> + Sync,
+) -> Result<Vec<DecodedBlock>, E> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || encoded.len() < PARALLEL_DECODE_MIN {
+        return encoded
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| decode(i, bytes))
+            .collect();
+    }
+    let chunk = encoded.len().div_ceil(threads);
+    let decode = &decode;
+    let parts: Vec<Result<Vec<DecodedBlock>, E>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = encoded
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, bytes)| decode(c * chunk + i, bytes))
+                        .collect::<Result<Vec<_>, E>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut blocks = Vec::with_capacity(encoded.len());
+    for part in parts {
+        blocks.extend(part?);
+    }
+    Ok(blocks)
 }
 
 fn put_feed_meta(batch: &mut WriteBatch, feed: &PublicKey, length: u64, head: Option<BlockHash>) {

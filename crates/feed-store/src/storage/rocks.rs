@@ -162,8 +162,14 @@ impl Storage for RocksStorage {
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError> {
         let mut rocks_batch = rocksdb::WriteBatch::default();
+        let handles = [
+            self.cf(Column::Blocks)?,
+            self.cf(Column::Heads)?,
+            self.cf(Column::Blobs)?,
+            self.cf(Column::Meta)?,
+        ];
         for (column, key, value) in &batch.ops {
-            let cf = self.cf(*column)?;
+            let cf = handles[column.index()];
             match value {
                 Some(value) => rocks_batch.put_cf(cf, key, value),
                 None => rocks_batch.delete_cf(cf, key),
