@@ -126,6 +126,11 @@ impl DecodedBlock {
     /// Decodes and hashes `encoded`, checking the shape every block must have.
     pub fn decode(encoded: Bytes) -> Result<Self, MalformedBlock> {
         let hash = BlockHash::of(&encoded);
+        Self::decode_hashed(encoded, hash)
+    }
+
+    /// [`DecodedBlock::decode`] when `hash` is already known to be the BLAKE3 of `encoded`.
+    pub(crate) fn decode_hashed(encoded: Bytes, hash: BlockHash) -> Result<Self, MalformedBlock> {
         let block = pb::Block::decode(encoded.clone())
             .map_err(|e| MalformedBlock::Decode(e.to_string()))?;
         let prev_len = block.prev_hash.len();
@@ -157,12 +162,142 @@ impl DecodedBlock {
     }
 }
 
+/// What import needs to know of a block, read straight from its bytes without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockHeader {
+    pub seq: u64,
+    pub prev_hash: Option<BlockHash>,
+    pub payload_len: usize,
+}
+
+/// Reads a block's header from its bytes, accepting exactly the bytes [`DecodedBlock::decode`]
+/// accepts (a property test holds the two equal). It touches no reference counts and allocates
+/// nothing, so many threads can inspect slices of one receive buffer at once.
+pub(crate) fn inspect(mut buf: &[u8]) -> Result<BlockHeader, MalformedBlock> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let err = |e: prost::DecodeError| MalformedBlock::Decode(e.to_string());
+    let expect = |actual: WireType, wanted: WireType| {
+        if actual == wanted {
+            Ok(())
+        } else {
+            Err(MalformedBlock::Decode(format!(
+                "invalid wire type: {actual:?} (expected {wanted:?})"
+            )))
+        }
+    };
+    let (mut seq, mut prev, mut payload_len) = (0u64, &[][..], 0usize);
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(err)?;
+        match tag {
+            1 | 3 => {
+                expect(wire_type, WireType::Varint)?;
+                let value = decode_varint(&mut buf).map_err(err)?;
+                if tag == 1 {
+                    seq = value;
+                }
+            }
+            2 | 4 | 5 => {
+                expect(wire_type, WireType::LengthDelimited)?;
+                let len = decode_varint(&mut buf).map_err(err)?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|len| *len <= buf.len())
+                    .ok_or_else(|| MalformedBlock::Decode("buffer underflow".into()))?;
+                let (value, rest) = buf.split_at(len);
+                buf = rest;
+                match tag {
+                    2 => prev = value,
+                    5 => payload_len = len,
+                    _ => {
+                        let entry = pb::TimeframeEntry::decode(value).map_err(err)?;
+                        match entry.feed {
+                            Some(pb::timeframe_entry::Feed::Key(key)) if key.len() == 32 => {}
+                            Some(pb::timeframe_entry::Feed::Index(_)) => {}
+                            _ => return Err(MalformedBlock::TimeframeEntry),
+                        }
+                    }
+                }
+            }
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(err)?,
+        }
+    }
+    let prev_hash = match prev.len() {
+        HASH_LEN => BlockHash::from_slice(prev),
+        0 if seq == 0 => None,
+        len => return Err(MalformedBlock::PrevHashLength(len)),
+    };
+    Ok(BlockHeader {
+        seq,
+        prev_hash,
+        payload_len,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let full = DecodedBlock::decode(Bytes::copy_from_slice(bytes));
+        let header = inspect(bytes);
+        match (full, header) {
+            (Ok(full), Ok(header)) => {
+                prop_assert_eq!(header.seq, full.block.seq);
+                prop_assert_eq!(header.prev_hash, full.prev_hash());
+                prop_assert_eq!(header.payload_len, full.block.payload.len());
+            }
+            (Err(_), Err(_)) => {}
+            (full, header) => {
+                return Err(TestCaseError::fail(format!(
+                    "decode and inspect disagree: {:?} vs {header:?}",
+                    full.map(|b| b.block)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Import reads headers with `inspect`; readers decode with prost. They must accept and
+        /// read exactly the same bytes, or a stored block could later fail to decode.
+        #[test]
+        fn inspect_accepts_exactly_what_decode_accepts(
+            seq in any::<u64>(),
+            prev in proptest::option::of(any::<[u8; 32]>()),
+            lamport in any::<u64>(),
+            index in proptest::option::of(any::<u32>()),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>(), 0u8..3), 0..4),
+            garbage in proptest::collection::vec(any::<u8>(), 0..48),
+        ) {
+            let entries: Vec<pb::TimeframeEntry> = index
+                .map(|i| pb::TimeframeEntry { feed: Some(pb::timeframe_entry::Feed::Index(i)), seq: 3 })
+                .into_iter()
+                .collect();
+            let prev = prev.map(BlockHash);
+            let mut bytes = encode_block(seq, prev.as_ref(), lamport, &entries, &payload);
+            agree(&bytes)?;
+            // Changed, inserted and removed bytes: both sides must still agree.
+            for (at, value, kind) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let i = at.index(bytes.len());
+                match kind {
+                    0 => bytes[i] = value,
+                    1 => bytes.insert(i, value),
+                    _ => {
+                        bytes.remove(i);
+                    }
+                }
+                agree(&bytes)?;
+            }
+            agree(&garbage)?;
+        }
+
         #[test]
         fn direct_encoding_equals_prost(
             seq in any::<u64>(),

@@ -9,7 +9,9 @@ use echodb_halo::{PublicKey, Seq, Signature, Signer, Timeframe};
 use echodb_proto::{Message as _, feed as pb};
 use tokio::sync::broadcast;
 
-use crate::block::{BlockHash, DecodedBlock, encode_block, head_message};
+use crate::block::{
+    BlockHash, BlockHeader, DecodedBlock, MalformedBlock, encode_block, head_message, inspect,
+};
 use crate::codec::{FeedIndexTable, entries_to_timeframe, timeframe_to_entries};
 use crate::error::{AppendError, ImportError, ReadError};
 use crate::storage::{
@@ -125,25 +127,40 @@ struct WriterMemory {
     table: FeedIndexTable,
 }
 
+/// What an append will do, computed by [`FeedStore::plan`] under the lock.
+#[derive(Debug)]
+struct Plan {
+    current: FeedState,
+    writer_memory: WriterMemory,
+    merged: Timeframe,
+    delta: Vec<(PublicKey, Seq)>,
+    first_lamport: u64,
+}
+
 /// A range whose hash links and head signature have been checked.
 #[derive(Debug, Clone)]
 struct VerifiedRange {
     feed: PublicKey,
     start: u64,
-    blocks: Vec<DecodedBlock>,
+    /// The blocks' bytes, as received.
+    encoded: Vec<Bytes>,
+    /// The hash of each block.
+    hashes: Vec<BlockHash>,
+    /// What the first block links to.
+    first_prev: Option<BlockHash>,
     signature: Signature,
     bytes: usize,
 }
 
 impl VerifiedRange {
     fn end(&self) -> u64 {
-        self.start + self.blocks.len() as u64
+        self.start + self.encoded.len() as u64
     }
 
     fn to_proto(&self) -> pb::SignedRange {
         pb::SignedRange {
             feed_key: Bytes::copy_from_slice(self.feed.as_bytes()),
-            blocks: self.blocks.iter().map(|b| b.encoded.clone()).collect(),
+            blocks: self.encoded.clone(),
             signature: Bytes::copy_from_slice(self.signature.as_bytes()),
         }
     }
@@ -384,27 +401,13 @@ impl FeedStore {
         let storage_err = |source| AppendError::Storage { feed, source };
 
         let mut state = self.lock();
-        let current = state.feeds.get(&feed).cloned().unwrap_or_default();
-        if let Some(seq) = current.forked {
-            return Err(AppendError::Forked { feed, seq });
-        }
-        let mut writer_memory = match state.writers.get(&feed) {
-            Some(w) => w.clone(),
-            None => self.load_writer(&feed).map_err(storage_err)?,
-        };
-
-        let mut merged = writer_memory.timeframe.clone();
-        for (other, seq) in timeframe.iter() {
-            if *other != feed {
-                merged.advance(*other, *seq);
-            }
-        }
-        let delta = merged.delta_since(&writer_memory.timeframe);
-        let mut lamport = writer_memory.lamport;
-        for (dependency, seq) in &delta {
-            lamport = lamport.max(self.lamport_of(feed, dependency, *seq)?);
-        }
-        let first_lamport = lamport + 1;
+        let Plan {
+            current,
+            mut writer_memory,
+            merged,
+            delta,
+            first_lamport,
+        } = self.plan(&state, feed, timeframe)?;
         let entries = writer_memory.table.encode(&delta);
 
         let mut batch = WriteBatch::with_capacity(payloads.len() + 3);
@@ -475,6 +478,58 @@ impl FeedStore {
         })
     }
 
+    /// Where the next append by `writer` at `timeframe` would go: the seq of its first block and
+    /// the Lamport time it would get. The same computation as [`FeedStore::append`]; it holds
+    /// until another append to `writer`'s feed, so a single writer can stamp what it is about to
+    /// append (the object database needs this before it encodes the block).
+    pub fn next_position(
+        &self,
+        writer: &PublicKey,
+        timeframe: &Timeframe,
+    ) -> Result<(Seq, u64), AppendError> {
+        let state = self.lock();
+        let plan = self.plan(&state, *writer, timeframe)?;
+        Ok((Seq(plan.current.length), plan.first_lamport))
+    }
+
+    /// What an append by `feed` at `timeframe` does to the writer's state: where it goes, the
+    /// merged timeframe and its delta, and the Lamport time of its first block.
+    fn plan(
+        &self,
+        state: &State,
+        feed: PublicKey,
+        timeframe: &Timeframe,
+    ) -> Result<Plan, AppendError> {
+        let current = state.feeds.get(&feed).cloned().unwrap_or_default();
+        if let Some(seq) = current.forked {
+            return Err(AppendError::Forked { feed, seq });
+        }
+        let writer_memory = match state.writers.get(&feed) {
+            Some(w) => w.clone(),
+            None => self
+                .load_writer(&feed)
+                .map_err(|source| AppendError::Storage { feed, source })?,
+        };
+        let mut merged = writer_memory.timeframe.clone();
+        for (other, seq) in timeframe.iter() {
+            if *other != feed {
+                merged.advance(*other, *seq);
+            }
+        }
+        let delta = merged.delta_since(&writer_memory.timeframe);
+        let mut lamport = writer_memory.lamport;
+        for (dependency, seq) in &delta {
+            lamport = lamport.max(self.lamport_of(feed, dependency, *seq)?);
+        }
+        Ok(Plan {
+            current,
+            writer_memory,
+            merged,
+            delta,
+            first_lamport: lamport + 1,
+        })
+    }
+
     fn load_writer(&self, feed: &PublicKey) -> Result<WriterMemory, StorageError> {
         let Some(bytes) = self
             .storage
@@ -534,7 +589,36 @@ impl FeedStore {
     /// proof is kept and the feed closed), new blocks are stored in one atomic write, and ranges
     /// that were waiting for them attach.
     pub fn import(&self, range: &pb::SignedRange) -> Result<Imported, ImportError> {
-        let verified = self.verify_range(range)?;
+        let verified = self.verify_range(range, true)?;
+        self.import_verified(verified)
+    }
+
+    /// Imports a stream of ranges, as a replicator receives them: each range is verified on a
+    /// second thread while the one before it is written, then applied in order exactly as
+    /// [`FeedStore::import`] would (each all or nothing). Returns one result per range.
+    pub fn import_many<I>(&self, ranges: I) -> Vec<Result<Imported, ImportError>>
+    where
+        I: IntoIterator<Item = pb::SignedRange>,
+        I::IntoIter: Send,
+    {
+        let ranges = ranges.into_iter();
+        // Two verified ranges in flight at most: bounded memory, and enough to keep both busy.
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for range in ranges {
+                    if tx.send(self.verify_range(&range, false)).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx.into_iter()
+                .map(|verified| verified.and_then(|v| self.import_verified(v)))
+                .collect()
+        })
+    }
+
+    fn import_verified(&self, verified: VerifiedRange) -> Result<Imported, ImportError> {
         let feed = verified.feed;
         let mut state = self.lock();
         let before = state.feeds.get(&feed).map_or(0, |f| f.length);
@@ -579,7 +663,12 @@ impl FeedStore {
         Ok(outcome)
     }
 
-    fn verify_range(&self, range: &pb::SignedRange) -> Result<VerifiedRange, ImportError> {
+    /// Checks a range whole; `parallel` spreads the hashing of a large range over every core.
+    fn verify_range(
+        &self,
+        range: &pb::SignedRange,
+        parallel: bool,
+    ) -> Result<VerifiedRange, ImportError> {
         let feed = PublicKey::from_slice(&range.feed_key).map_err(|_| ImportError::BadFeedKey {
             len: range.feed_key.len(),
         })?;
@@ -597,63 +686,74 @@ impl FeedStore {
             });
         }
         let block_limit = limits.max_payload + limits.max_block_overhead;
-        let blocks = decode_blocks(&range.blocks, |position, encoded| {
+        let inspected = inspect_all(&range.blocks, parallel);
+        let mut hashes = Vec::with_capacity(range.blocks.len());
+        let mut start = 0;
+        let mut first_prev = None;
+        let mut previous: Option<(u64, BlockHash)> = None;
+        for (position, (encoded, result)) in range.blocks.iter().zip(inspected).enumerate() {
             if encoded.len() > block_limit {
                 return Err(ImportError::BlockTooLarge {
                     feed,
-                    seq: Seq(position as u64),
+                    seq: Seq(previous.map_or(0, |(seq, _)| seq + 1)),
                     size: encoded.len(),
                     limit: block_limit,
                 });
             }
-            let block =
-                DecodedBlock::decode(encoded.clone()).map_err(|reason| ImportError::Malformed {
-                    feed,
-                    position,
-                    reason,
-                })?;
-            if block.block.payload.len() > limits.max_payload {
+            let (header, hash) = result.map_err(|reason| ImportError::Malformed {
+                feed,
+                position,
+                reason,
+            })?;
+            if header.payload_len > limits.max_payload {
                 return Err(ImportError::BlockTooLarge {
                     feed,
-                    seq: block.seq(),
-                    size: block.block.payload.len(),
+                    seq: Seq(header.seq),
+                    size: header.payload_len,
                     limit: limits.max_payload,
                 });
             }
-            Ok(block)
-        })?;
-        for pair in blocks.windows(2) {
-            let (prev, block) = (&pair[0], &pair[1]);
-            let expected = prev.seq().next();
-            if block.seq() != expected {
-                return Err(ImportError::OutOfSequence {
-                    feed,
-                    expected,
-                    found: block.seq(),
-                });
+            match previous {
+                None => {
+                    start = header.seq;
+                    first_prev = header.prev_hash;
+                }
+                Some((prev_seq, prev_hash)) => {
+                    let expected = Seq(prev_seq + 1);
+                    if header.seq != expected.0 {
+                        return Err(ImportError::OutOfSequence {
+                            feed,
+                            expected,
+                            found: Seq(header.seq),
+                        });
+                    }
+                    if header.prev_hash != Some(prev_hash) {
+                        return Err(ImportError::BrokenLink {
+                            feed,
+                            seq: Seq(header.seq),
+                        });
+                    }
+                }
             }
-            if block.prev_hash() != Some(prev.hash) {
-                return Err(ImportError::BrokenLink {
-                    feed,
-                    seq: block.seq(),
-                });
-            }
+            previous = Some((header.seq, hash));
+            hashes.push(hash);
         }
-        let (start, last) = match (blocks.first(), blocks.last()) {
-            (Some(first), Some(last)) => (first.block.seq, last),
-            _ => return Err(ImportError::Empty { feed }),
+        let Some((last_seq, last_hash)) = previous else {
+            return Err(ImportError::Empty { feed });
         };
         let bad_signature = || ImportError::BadSignature {
             feed,
-            seq: last.seq(),
+            seq: Seq(last_seq),
         };
         let signature = Signature::from_slice(&range.signature).map_err(|_| bad_signature())?;
-        feed.verify(&head_message(&feed, last.seq(), &last.hash), &signature)
+        feed.verify(&head_message(&feed, Seq(last_seq), &last_hash), &signature)
             .map_err(|_| bad_signature())?;
         Ok(VerifiedRange {
             feed,
             start,
-            blocks,
+            encoded: range.blocks.clone(),
+            hashes,
+            first_prev,
             signature,
             bytes: size,
         })
@@ -694,26 +794,23 @@ impl FeedStore {
             } else {
                 Some(self.hash_at(&feed, shared_last).map_err(storage_err)?)
             };
-            let theirs = range.blocks[(shared_last - range.start) as usize].hash;
+            let theirs = range.hashes[(shared_last - range.start) as usize];
             if ours != Some(theirs) {
                 let seq = self.first_difference(&range, length).map_err(storage_err)?;
                 return Err(self.record_fork(state, &range, seq)?);
             }
-        } else if length > 0 {
-            let first = &range.blocks[0];
-            if first.prev_hash() != current.head {
-                return Err(self.record_fork(state, &range, length - 1)?);
-            }
+        } else if length > 0 && range.first_prev != current.head {
+            return Err(self.record_fork(state, &range, length - 1)?);
         }
         let new_from = (length - range.start) as usize;
         let last_seq = range.end() - 1;
-        let mut batch =
-            WriteBatch::with_capacity(range.blocks.len() - new_from.min(range.blocks.len()) + 2);
-        for block in &range.blocks[new_from.min(range.blocks.len())..] {
+        let new_blocks = range.encoded.get(new_from..).unwrap_or_default();
+        let mut batch = WriteBatch::with_capacity(new_blocks.len() + 2);
+        for (i, encoded) in new_blocks.iter().enumerate() {
             batch.put(
                 Column::Blocks,
-                feed_seq_key(&feed, block.block.seq),
-                block.encoded.clone(),
+                feed_seq_key(&feed, length + i as u64),
+                encoded.clone(),
             );
         }
         // Keep the verified signature even for a duplicate: it lets us serve ranges ending there.
@@ -728,7 +825,7 @@ impl FeedStore {
                 .map_err(storage_err)?;
             return Ok(Imported::Duplicate);
         }
-        let head = range.blocks.last().map(|b| b.hash);
+        let head = range.hashes.last().copied();
         put_feed_meta(&mut batch, &feed, range.end(), head);
         self.storage
             .write(batch, self.options.durability)
@@ -761,9 +858,9 @@ impl FeedStore {
     /// The first seq where `range` differs from the `length` blocks held (or the seq before the
     /// range when only its first link differs).
     fn first_difference(&self, range: &VerifiedRange, length: u64) -> Result<u64, StorageError> {
-        for block in range.blocks.iter().take_while(|b| b.block.seq < length) {
-            if self.hash_at(&range.feed, block.block.seq)? != block.hash {
-                return Ok(block.block.seq);
+        for (seq, hash) in (range.start..length).zip(&range.hashes) {
+            if self.hash_at(&range.feed, seq)? != *hash {
+                return Ok(seq);
             }
         }
         Ok(range.start.saturating_sub(1))
@@ -1100,52 +1197,38 @@ impl FeedStore {
     }
 }
 
-/// Below this many blocks a range is decoded on the calling thread; above it, on every core.
-const PARALLEL_DECODE_MIN: usize = 2048;
+/// Below this many blocks a range is inspected on the calling thread; above it, on every core.
+const PARALLEL_INSPECT_MIN: usize = 2048;
 
-/// Decodes and hashes every block of a range (the bulk of an import's work), in parallel for
-/// large ranges. On failure, returns the error of the first failing block by position, so the
-/// result does not depend on thread timing.
-fn decode_blocks<E: Send>(
+/// Reads the header and hash of every block of a range: the bulk of an import's work.
+///
+/// Large ranges are split over every core. The work reads plain byte slices: the blocks share one
+/// receive buffer, and cloning its `Bytes` on several threads would make them fight over one
+/// reference count.
+fn inspect_all(
     encoded: &[Bytes],
-    decode: impl Fn(usize, &Bytes) -> Result<DecodedBlock, E> + Sync,
-) -> Result<Vec<DecodedBlock>, E> {
+    parallel: bool,
+) -> Vec<Result<(BlockHeader, BlockHash), MalformedBlock>> {
+    let one = |bytes: &[u8]| inspect(bytes).map(|header| (header, BlockHash::of(bytes)));
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads < 2 || encoded.len() < PARALLEL_DECODE_MIN {
-        return encoded
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| decode(i, bytes))
-            .collect();
+    if !parallel || threads < 2 || encoded.len() < PARALLEL_INSPECT_MIN {
+        return encoded.iter().map(|b| one(b)).collect();
     }
+    let slices: Vec<&[u8]> = encoded.iter().map(|b| &b[..]).collect();
     let chunk = encoded.len().div_ceil(threads);
-    let decode = &decode;
-    let parts: Vec<Result<Vec<DecodedBlock>, E>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = encoded
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = slices
             .chunks(chunk)
-            .enumerate()
-            .map(|(c, part)| {
-                scope.spawn(move || {
-                    part.iter()
-                        .enumerate()
-                        .map(|(i, bytes)| decode(c * chunk + i, bytes))
-                        .collect::<Result<Vec<_>, E>>()
-                })
-            })
+            .map(|part| scope.spawn(move || part.iter().map(|b| one(b)).collect::<Vec<_>>()))
             .collect();
-        handles
+        parts
             .into_iter()
-            .map(|h| {
+            .flat_map(|h| {
                 h.join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
-    });
-    let mut blocks = Vec::with_capacity(encoded.len());
-    for part in parts {
-        blocks.extend(part?);
-    }
-    Ok(blocks)
+    })
 }
 
 fn put_feed_meta(batch: &mut WriteBatch, feed: &PublicKey, length: u64, head: Option<BlockHash>) {

@@ -353,3 +353,34 @@ fn garbage_never_decodes_into_a_stored_block() -> TestResult {
     let _ = pb::SignedRange::decode(&b"\x0a\x05short"[..]);
     Ok(())
 }
+
+#[test]
+fn import_many_gives_each_range_the_result_import_would() -> TestResult {
+    let writer = KeyPair::generate();
+    let feed = writer.public_key();
+    let origin = FeedStore::in_memory();
+    for i in 0..3000u32 {
+        origin.append(&writer, &Timeframe::new(), &[i.to_be_bytes()])?;
+    }
+    let mut ranges = ranges_of(&origin, &feed, 2500)?;
+    assert_eq!(ranges.len(), 2);
+    // A tampered copy of the first range, then the second range before the first.
+    let mut tampered = ranges[0].clone();
+    tampered.signature = Bytes::from(vec![0u8; 64]);
+    let second = ranges.pop().ok_or("no range")?;
+    let first = ranges.pop().ok_or("no range")?;
+    let replica = FeedStore::in_memory();
+    let results = replica.import_many([tampered, second, first.clone(), first]);
+    assert!(matches!(results[0], Err(ImportError::BadSignature { .. })));
+    assert!(matches!(results[1], Ok(Imported::Waiting)));
+    assert!(matches!(
+        results[2],
+        Ok(Imported::Stored {
+            added: 3000,
+            length: 3000
+        })
+    ));
+    assert!(matches!(results[3], Ok(Imported::Duplicate)));
+    assert_eq!(replica.head(&feed), origin.head(&feed));
+    Ok(())
+}
