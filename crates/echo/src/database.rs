@@ -20,9 +20,11 @@ use crate::subscription::{Event, Subscription, SubscriptionId, Subscriptions};
 use crate::value::Value;
 
 mod batch;
+mod rebuild;
 pub(crate) mod record;
 
 pub use batch::{Batch, LocalCommit};
+pub use rebuild::RebuildReport;
 pub use record::Stamp;
 use record::{IndexEntries, Lww, ObjectRecord, client_id_of, new_doc};
 

@@ -1,4 +1,5 @@
-//! ECHO: the object database of an echodb space, as a sans-IO core.
+//! ECHO: the object database of an echodb space, as a sans-IO core, and the space pipeline
+//! that feeds it from the feed store ([`Space`], [`Pipeline`]).
 //!
 //! A [`Database`] holds the objects of one space: each has an id, a type name, an optional
 //! parent, a deleted flag and a model (a CRDT in its own yrs document). The space pipeline feeds
@@ -33,18 +34,23 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod branch;
 pub mod database;
 pub mod error;
 pub mod id;
 pub mod index;
 pub mod model;
+pub mod pipeline;
 pub mod query;
+pub mod space;
+pub mod stream;
 pub mod subscription;
 pub mod value;
 
+pub use branch::{Branch, BranchError, SpaceView};
 pub use database::{
     ApplyReport, Batch, BlockOrigin, Change, Config, Database, LocalCommit, ObjectType, ObjectView,
-    Refusal, Stamp,
+    RebuildReport, Refusal, Stamp,
 };
 pub use error::{ApplyError, CommitError, ReadError, WriteError};
 pub use id::{ObjectId, ObjectIdError};
@@ -52,6 +58,14 @@ pub use index::IndexPolicy;
 pub use model::{
     CounterModel, CounterOp, Model, ModelError, ObjectModel, ObjectOp, TextModel, TextOp,
 };
+pub use pipeline::{
+    BlockRefusal, DataStatus, EntryKind, LogEntry, Pipeline, PipelineError, ProcessReport,
+    RefusedBlock,
+};
 pub use query::{Direction, FieldOp, Filter, Query};
+pub use space::{
+    CreateError, CredentialWriteError, FeedKeys, LocalWriteError, OpenError, Space, Written,
+};
+pub use stream::{ChangeEntry, ChangeKind, ChangePage, CursorError, StreamCursor};
 pub use subscription::{Event, SubscriptionId};
 pub use value::{ScalarKey, Value};

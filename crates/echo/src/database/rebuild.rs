@@ -1,0 +1,146 @@
+//! Rebuilding objects from a subset of their history: what the space pipeline does when a
+//! removal's cutoff invalidates blocks that were already applied (or a settled conflict makes
+//! refused blocks valid again).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use echodb_proto::db::Mutations;
+
+use crate::database::record::IndexEntries;
+use crate::database::{BlockOrigin, Change, Database, ObjectView, Touched, check_op};
+use crate::id::ObjectId;
+use crate::subscription::Event;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RebuildReport {
+    /// Objects whose state changed (vanished objects are reported `deleted`).
+    pub changes: Vec<Change>,
+    /// Objects that no longer exist: no valid block creates them any more.
+    pub vanished: Vec<ObjectId>,
+    /// Blocks given that are malformed as a whole; nothing of them was applied.
+    pub malformed: Vec<(BlockOrigin, String)>,
+}
+
+impl Database {
+    /// Forgets the objects `ids` and builds them again from `blocks`, which must be every
+    /// still-valid block touching them, in causal order; only the mutations of `ids` are
+    /// applied. Other objects are untouched. Subscriptions see the net change.
+    ///
+    /// Deterministic: the result depends only on the blocks given (like [`Database::apply`]).
+    pub fn rebuild_objects(
+        &mut self,
+        ids: &BTreeSet<ObjectId>,
+        blocks: impl IntoIterator<Item = (BlockOrigin, Mutations)>,
+    ) -> RebuildReport {
+        let mut touched = Touched::default();
+        let mut before: BTreeMap<ObjectId, ObjectView> = BTreeMap::new();
+        for id in ids {
+            if let Some(view) = self.view(*id) {
+                before.insert(*id, view);
+            }
+            touched.state(self, *id);
+            self.objects.remove(id);
+            if let Some(waiting) = self.parked.remove(id) {
+                self.parked_len -= waiting.len();
+            }
+        }
+        let mut report = RebuildReport::default();
+        for (origin, mutations) in blocks {
+            let mut ops = Vec::new();
+            let mut bad = None;
+            for (index, m) in mutations.mutations.iter().enumerate() {
+                match check_op(m) {
+                    Ok((id, op)) => {
+                        if ids.contains(&id) {
+                            ops.push((index, id, op));
+                        }
+                    }
+                    Err(reason) => {
+                        bad = Some(format!("mutation {index}: {reason}"));
+                        break;
+                    }
+                }
+            }
+            if let Some(reason) = bad {
+                report.malformed.push((origin, reason));
+                continue;
+            }
+            for (index, id, op) in ops {
+                let Ok(index32) = u32::try_from(index) else {
+                    break;
+                };
+                if let Err(reason) = self.apply_op(id, origin.stamp(index32), op, &mut touched) {
+                    self.refuse(origin, Some(index), reason);
+                }
+            }
+        }
+        // Objects that exist again are changed, not created, for whoever saw them before;
+        // their content is re-read in any case.
+        for id in ids {
+            let exists = self.objects.contains_key(id);
+            let state = touched.state(self, *id);
+            if before.contains_key(id) {
+                state.created = false;
+            }
+            state.content |= exists;
+        }
+        let mut vanished = Vec::new();
+        for id in ids {
+            if self.objects.contains_key(id) {
+                continue;
+            }
+            if let Some(state) = touched.states.remove(id) {
+                self.indexes
+                    .update(*id, &state.old, &IndexEntries::default());
+            }
+            touched.order.retain(|o| o != id);
+            if before.contains_key(id) {
+                vanished.push(*id);
+            }
+        }
+        // Before `finish`, whose notification re-runs queries and would drop vanished objects
+        // from results without an event.
+        if !vanished.is_empty() {
+            self.notify_vanished(&vanished, &before);
+        }
+        report.changes = self.finish(touched);
+        if !vanished.is_empty() {
+            report.changes.extend(vanished.iter().map(|id| Change {
+                id: *id,
+                created: false,
+                content: true,
+                parent: false,
+                deleted: true,
+            }));
+        }
+        report.vanished = vanished;
+        report
+    }
+
+    /// Tells subscriptions that held a vanished object that it left their result.
+    fn notify_vanished(&mut self, vanished: &[ObjectId], before: &BTreeMap<ObjectId, ObjectView>) {
+        let gone: BTreeSet<ObjectId> = vanished.iter().copied().collect();
+        let mut live = std::mem::take(&mut self.subscriptions.live);
+        for sub in live.values_mut() {
+            if !sub.last.iter().any(|id| gone.contains(id)) {
+                continue;
+            }
+            sub.last.retain(|id| !gone.contains(id));
+            for id in vanished {
+                if let Some(view) = before.get(id) {
+                    let mut object = view.clone();
+                    object.deleted = true;
+                    if sub.queue.len() >= sub.capacity {
+                        let result = sub.last.iter().filter_map(|id| self.view(*id)).collect();
+                        sub.queue.clear();
+                        sub.queue.push_back(Event::Reset { result });
+                    } else {
+                        sub.queue.push_back(Event::Removed { object });
+                    }
+                }
+            }
+        }
+        self.subscriptions.live = live;
+    }
+}

@@ -1,0 +1,665 @@
+//! The space pipeline: the space's feeds, in causal order, into the HALO state machine and the
+//! object database.
+//!
+//! Sans-IO in the sense of the protocol cores: it pulls blocks from the feed store's
+//! [`CausalIterator`] (and reads back blocks to rebuild objects), but starts no task, opens no
+//! socket and reads no clock. Whoever owns it calls [`Pipeline::process`] when blocks arrived
+//! (a [`FeedStore::subscribe`] event says when).
+//!
+//! - Control blocks go to the [`SpaceStateMachine`]; feeds it admits join the iteration.
+//! - Data blocks are applied to the [`Database`] only if [`SpaceStateMachine::check_write`]
+//!   allows them; a refused or malformed block is recorded with its reason and never applied,
+//!   and the blocks after it go on.
+//! - When a control block changes the validity of data blocks already delivered (a removal
+//!   whose cutoff lies before blocks that were applied, or a settled conflict that makes a
+//!   refused block valid again), the objects those blocks touch are rebuilt from their
+//!   still-valid blocks, replayed in delivery order (a causal order). The result depends only on
+//!   the set of blocks, so replicas that learn of the removal at different times agree.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use echodb_feed_store::{CausalError, CausalIterator, Delivered, FeedStore, ReadError};
+use echodb_halo::{
+    Assertion, BlockKind, ControlBlock, Credential, Decision, Designation, Position, PublicKey,
+    Refusal, SpaceStateMachine, Timeframe,
+};
+use echodb_proto::Message as _;
+use echodb_proto::db::Mutations;
+
+use crate::database::{BlockOrigin, Database, RebuildReport};
+use crate::id::ObjectId;
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The feed store could not be read while iterating.
+    #[error("space {space}: reading feeds failed: {source}")]
+    Iterate {
+        /// The space.
+        space: PublicKey,
+        /// What the iterator said.
+        #[source]
+        source: Box<CausalError>,
+    },
+    /// A block needed to rebuild objects could not be read back.
+    #[error(
+        "space {space}: reading block {seq} of feed {feed} to rebuild objects failed: {source}"
+    )]
+    ReadBack {
+        /// The space.
+        space: PublicKey,
+        /// The feed.
+        feed: PublicKey,
+        /// The block.
+        seq: echodb_halo::Seq,
+        /// What the store said.
+        #[source]
+        source: Box<ReadError>,
+    },
+}
+
+/// What became of a delivered data block.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataStatus {
+    /// Its mutations are applied.
+    Applied,
+    /// Its writer may not write it (as of now); nothing of it is applied.
+    Refused(Refusal),
+    /// It is not a well-formed `Mutations` block; nothing of it is applied, ever.
+    Malformed(String),
+}
+
+/// What a log entry is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryKind {
+    /// A control block, given to the state machine.
+    Control {
+        /// Its decision when it was processed (`None`: the state machine could not take it).
+        accepted: Option<bool>,
+        /// Objects rebuilt because this block changed which data blocks are valid.
+        rebuilt: Vec<ObjectId>,
+    },
+    /// A data block.
+    Data {
+        /// The writer's timeframe when it wrote the block.
+        timeframe: Arc<Timeframe>,
+        /// The objects its mutations name, in first-mention order (`None`: undecodable).
+        objects: Option<Vec<ObjectId>>,
+        /// Whether it is applied.
+        status: DataStatus,
+    },
+}
+
+/// One delivered block, in delivery order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// Where it is.
+    pub position: Position,
+    /// Its Lamport time.
+    pub lamport: u64,
+    /// What it is and what became of it.
+    pub kind: EntryKind,
+}
+
+/// A data block that is not applied, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedBlock {
+    /// Where it is.
+    pub position: Position,
+    /// Why it is not applied.
+    pub reason: BlockRefusal,
+}
+
+/// Why a data block is not applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BlockRefusal {
+    /// Its writer may not write it.
+    #[error("writer may not write it: {0}")]
+    NotAllowed(Refusal),
+    /// It does not decode or holds a malformed mutation.
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+/// What one [`Pipeline::process`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessReport {
+    /// Control blocks processed.
+    pub control: usize,
+    /// Data blocks applied.
+    pub applied: usize,
+    /// Data blocks refused or malformed.
+    pub refused: usize,
+    /// Objects rebuilt after validity changes.
+    pub rebuilt: usize,
+    /// Blocks skipped because they were already logged (this device's own writes).
+    pub already_applied: usize,
+}
+
+/// The pipeline of one space. See the module documentation.
+#[derive(Debug)]
+pub struct Pipeline {
+    store: Arc<FeedStore>,
+    halo: SpaceStateMachine,
+    db: Database,
+    iterator: CausalIterator,
+    /// Feeds being iterated, with what they carry.
+    feeds: BTreeMap<PublicKey, Designation>,
+    log: Vec<LogEntry>,
+    positions: HashMap<Position, usize>,
+    /// Log indexes of the data blocks naming each object, in log order.
+    object_blocks: HashMap<ObjectId, Vec<usize>>,
+    /// Feeds skipped because a block of theirs had a bad timeframe, with the reason.
+    broken: BTreeMap<PublicKey, String>,
+}
+
+/// The objects a `Mutations` block names, in first-mention order; ids that do not parse are
+/// left out (the block is refused as malformed when applied).
+fn objects_of(mutations: &Mutations) -> Vec<ObjectId> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for m in &mutations.mutations {
+        if let Ok(id) = ObjectId::from_slice(&m.object_id)
+            && seen.insert(id)
+        {
+            out.push(id);
+        }
+    }
+    out
+}
+
+fn is_removal(payload: &[u8]) -> bool {
+    Credential::from_bytes(payload).is_ok_and(|c| {
+        matches!(
+            c.claim().assertion,
+            Assertion::MemberRemoved { .. } | Assertion::DeviceRevoked { .. }
+        )
+    })
+}
+
+impl Pipeline {
+    /// A pipeline for the space `space` whose genesis is on the control feed `genesis_feed`,
+    /// applying to `db` (normally empty: every block is replayed from the start).
+    pub fn new(
+        store: Arc<FeedStore>,
+        space: PublicKey,
+        genesis_feed: PublicKey,
+        db: Database,
+    ) -> Result<Self, PipelineError> {
+        let iterator = CausalIterator::new(store.clone(), [genesis_feed], &Timeframe::new())
+            .map_err(|source| PipelineError::Iterate {
+                space,
+                source: Box::new(source),
+            })?;
+        Ok(Self {
+            store,
+            halo: SpaceStateMachine::new(space),
+            db,
+            iterator,
+            feeds: BTreeMap::from([(genesis_feed, Designation::Control)]),
+            log: Vec::new(),
+            positions: HashMap::new(),
+            object_blocks: HashMap::new(),
+            broken: BTreeMap::new(),
+        })
+    }
+
+    /// The space key.
+    pub fn space(&self) -> PublicKey {
+        self.halo.space()
+    }
+
+    /// The membership state.
+    pub fn halo(&self) -> &SpaceStateMachine {
+        &self.halo
+    }
+
+    /// The objects.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The objects, for local writes and subscriptions. Local writes must be recorded with
+    /// [`Pipeline::record_local`] once their block is appended.
+    pub fn database_mut(&mut self) -> &mut Database {
+        &mut self.db
+    }
+
+    /// The feed store read from.
+    pub fn store(&self) -> &Arc<FeedStore> {
+        &self.store
+    }
+
+    /// Every block delivered, in delivery order.
+    pub fn log(&self) -> &[LogEntry] {
+        &self.log
+    }
+
+    /// What the iterator has delivered: the timeframe a local write is made at.
+    pub fn processed(&self) -> &Timeframe {
+        self.iterator.processed()
+    }
+
+    /// Feeds skipped from a block with a bad timeframe, with the reason.
+    pub fn broken_feeds(&self) -> &BTreeMap<PublicKey, String> {
+        &self.broken
+    }
+
+    /// Every data block not applied, with its reason, in delivery order.
+    pub fn refused(&self) -> Vec<RefusedBlock> {
+        self.log
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Data { status, .. } => {
+                    let reason = match status {
+                        DataStatus::Applied => return None,
+                        DataStatus::Refused(r) => BlockRefusal::NotAllowed(r.clone()),
+                        DataStatus::Malformed(m) => BlockRefusal::Malformed(m.clone()),
+                    };
+                    Some(RefusedBlock {
+                        position: e.position,
+                        reason,
+                    })
+                }
+                EntryKind::Control { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Processes up to `max_blocks` deliverable blocks (bounded work per call); call again
+    /// while the report shows progress, or after the store reports new blocks.
+    pub fn process(&mut self, max_blocks: usize) -> Result<ProcessReport, PipelineError> {
+        let space = self.space();
+        let mut report = ProcessReport::default();
+        let mut done = 0;
+        while done < max_blocks {
+            let delivered = match self.iterator.next() {
+                None => break,
+                Some(Ok(d)) => d,
+                Some(Err(CausalError::BadTimeframe { feed, seq, source })) => {
+                    tracing::warn!(space = %space.short(), feed = %feed.short(), %seq, error = %source, "feed skipped");
+                    self.broken
+                        .insert(feed, format!("block {seq} has a bad timeframe: {source}"));
+                    continue;
+                }
+                Some(Err(source)) => {
+                    return Err(PipelineError::Iterate {
+                        space,
+                        source: Box::new(source),
+                    });
+                }
+            };
+            done += 1;
+            match self.feeds.get(&delivered.feed) {
+                Some(Designation::Control) => self.on_control(delivered, &mut report)?,
+                Some(Designation::Data) => self.on_data(delivered, &mut report),
+                None => {}
+            }
+        }
+        Ok(report)
+    }
+
+    /// Processes every deliverable block.
+    pub fn process_all(&mut self) -> Result<ProcessReport, PipelineError> {
+        let mut total = ProcessReport::default();
+        loop {
+            let r = self.process(4096)?;
+            let progress = r.control + r.applied + r.refused + r.already_applied;
+            total.control += r.control;
+            total.applied += r.applied;
+            total.refused += r.refused;
+            total.rebuilt += r.rebuilt;
+            total.already_applied += r.already_applied;
+            if progress == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn push(&mut self, entry: LogEntry) -> usize {
+        let index = self.log.len();
+        if let EntryKind::Data {
+            objects: Some(objects),
+            ..
+        } = &entry.kind
+        {
+            for id in objects {
+                self.object_blocks.entry(*id).or_default().push(index);
+            }
+        }
+        self.positions.insert(entry.position, index);
+        self.log.push(entry);
+        index
+    }
+
+    fn rejected_positions(&self) -> BTreeSet<Position> {
+        self.halo
+            .rejected()
+            .into_iter()
+            .map(|r| r.position)
+            .collect()
+    }
+
+    fn on_control(
+        &mut self,
+        d: Delivered,
+        report: &mut ProcessReport,
+    ) -> Result<(), PipelineError> {
+        let position = Position {
+            feed: d.feed,
+            seq: d.seq,
+        };
+        let before = self.rejected_positions();
+        let decision = self.halo.process(ControlBlock {
+            feed: d.feed,
+            seq: d.seq,
+            lamport: d.lamport,
+            timeframe: &d.timeframe,
+            payload: &d.payload,
+        });
+        report.control += 1;
+        let accepted = match &decision {
+            Ok(Decision::Accepted(_)) => Some(true),
+            Ok(Decision::Refused(reason)) => {
+                tracing::debug!(feed = %d.feed.short(), seq = %d.seq, %reason, "control block refused");
+                Some(false)
+            }
+            Err(e) => {
+                tracing::warn!(feed = %d.feed.short(), seq = %d.seq, error = %e, "control block not taken");
+                None
+            }
+        };
+        let index = self.push(LogEntry {
+            position,
+            lamport: d.lamport,
+            kind: EntryKind::Control {
+                accepted,
+                rebuilt: Vec::new(),
+            },
+        });
+        for info in self.halo.feeds() {
+            if self.feeds.contains_key(&info.feed) {
+                continue;
+            }
+            self.iterator
+                .add_feed(info.feed)
+                .map_err(|source| PipelineError::Iterate {
+                    space: self.halo.space(),
+                    source: Box::new(source),
+                })?;
+            self.feeds.insert(info.feed, info.designation);
+        }
+        let mut after = self.rejected_positions();
+        after.remove(&position);
+        let earlier_changed = before != after;
+        if earlier_changed || (accepted == Some(true) && is_removal(&d.payload)) {
+            let rebuilt = self.revalidate()?;
+            report.rebuilt += rebuilt.len();
+            if let Some(LogEntry {
+                kind: EntryKind::Control { rebuilt: r, .. },
+                ..
+            }) = self.log.get_mut(index)
+            {
+                *r = rebuilt;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, d: Delivered, report: &mut ProcessReport) {
+        let position = Position {
+            feed: d.feed,
+            seq: d.seq,
+        };
+        if self.positions.contains_key(&position) {
+            report.already_applied += 1;
+            return;
+        }
+        let origin = BlockOrigin {
+            feed: d.feed,
+            seq: d.seq,
+            lamport: d.lamport,
+        };
+        let decoded = Mutations::decode(d.payload.clone());
+        let objects = decoded.as_ref().ok().map(objects_of);
+        let status = match self
+            .halo
+            .check_write(&d.feed, d.seq, &d.timeframe, BlockKind::Data)
+        {
+            Err(refusal) => {
+                tracing::debug!(feed = %d.feed.short(), seq = %d.seq, %refusal, "data block refused");
+                DataStatus::Refused(refusal)
+            }
+            Ok(()) => match decoded {
+                Err(e) => DataStatus::Malformed(format!("payload is not a Mutations message: {e}")),
+                Ok(mutations) => match self.db.apply(origin, &mutations) {
+                    Ok(_) => DataStatus::Applied,
+                    Err(e) => DataStatus::Malformed(e.to_string()),
+                },
+            },
+        };
+        match status {
+            DataStatus::Applied => report.applied += 1,
+            _ => report.refused += 1,
+        }
+        self.push(LogEntry {
+            position,
+            lamport: d.lamport,
+            kind: EntryKind::Data {
+                timeframe: d.timeframe,
+                objects,
+                status,
+            },
+        });
+    }
+
+    /// Records a block this device appended whose mutations the database already applied (a
+    /// local commit), so the pipeline does not apply it again and rebuilds include it.
+    pub fn record_local(
+        &mut self,
+        origin: BlockOrigin,
+        timeframe: Arc<Timeframe>,
+        mutations: &Mutations,
+    ) {
+        self.push(LogEntry {
+            position: Position {
+                feed: origin.feed,
+                seq: origin.seq,
+            },
+            lamport: origin.lamport,
+            kind: EntryKind::Data {
+                timeframe,
+                objects: Some(objects_of(mutations)),
+                status: DataStatus::Applied,
+            },
+        });
+    }
+
+    /// Applies a block this device appended but the database has not applied yet (a committed
+    /// branch), and records it like [`Pipeline::record_local`].
+    pub fn apply_local(
+        &mut self,
+        origin: BlockOrigin,
+        timeframe: Arc<Timeframe>,
+        mutations: &Mutations,
+    ) {
+        let status = match self.db.apply(origin, mutations) {
+            Ok(_) => DataStatus::Applied,
+            Err(e) => DataStatus::Malformed(e.to_string()),
+        };
+        self.push(LogEntry {
+            position: Position {
+                feed: origin.feed,
+                seq: origin.seq,
+            },
+            lamport: origin.lamport,
+            kind: EntryKind::Data {
+                timeframe,
+                objects: Some(objects_of(mutations)),
+                status,
+            },
+        });
+    }
+
+    /// Judges every delivered data block again; rebuilds the objects of those whose validity
+    /// changed. Returns the objects rebuilt.
+    fn revalidate(&mut self) -> Result<Vec<ObjectId>, PipelineError> {
+        let Self { log, halo, .. } = self;
+        let mut affected = BTreeSet::new();
+        for entry in log.iter_mut() {
+            let EntryKind::Data {
+                timeframe,
+                objects,
+                status,
+            } = &mut entry.kind
+            else {
+                continue;
+            };
+            if matches!(status, DataStatus::Malformed(_)) {
+                continue;
+            }
+            let verdict = halo.check_write(
+                &entry.position.feed,
+                entry.position.seq,
+                timeframe,
+                BlockKind::Data,
+            );
+            let was_applied = matches!(status, DataStatus::Applied);
+            match verdict {
+                Ok(()) if was_applied => continue,
+                Ok(()) => match objects {
+                    Some(_) => *status = DataStatus::Applied,
+                    None => {
+                        *status =
+                            DataStatus::Malformed("payload is not a Mutations message".into());
+                        continue;
+                    }
+                },
+                Err(refusal) => {
+                    *status = DataStatus::Refused(refusal);
+                    if !was_applied {
+                        continue;
+                    }
+                }
+            }
+            tracing::info!(feed = %entry.position.feed.short(), seq = %entry.position.seq, now_applied = !was_applied, "data block validity changed");
+            if let Some(objects) = objects {
+                affected.extend(objects.iter().copied());
+            }
+        }
+        if affected.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.rebuild(&affected)?;
+        Ok(affected.into_iter().collect())
+    }
+
+    /// Rebuilds `ids` from their applied blocks, in log order.
+    pub(crate) fn rebuild(
+        &mut self,
+        ids: &BTreeSet<ObjectId>,
+    ) -> Result<RebuildReport, PipelineError> {
+        let indexes: BTreeSet<usize> = ids
+            .iter()
+            .filter_map(|id| self.object_blocks.get(id))
+            .flatten()
+            .copied()
+            .filter(|i| {
+                matches!(
+                    self.log.get(*i).map(|e| &e.kind),
+                    Some(EntryKind::Data {
+                        status: DataStatus::Applied,
+                        ..
+                    })
+                )
+            })
+            .collect();
+        let blocks = self.read_blocks(indexes)?;
+        let report = self.db.rebuild_objects(ids, blocks);
+        for (origin, reason) in &report.malformed {
+            let position = Position {
+                feed: origin.feed,
+                seq: origin.seq,
+            };
+            if let Some(entry) = self
+                .positions
+                .get(&position)
+                .and_then(|i| self.log.get_mut(*i))
+                && let EntryKind::Data { status, .. } = &mut entry.kind
+            {
+                *status = DataStatus::Malformed(reason.clone());
+            }
+        }
+        tracing::info!(space = %self.space().short(), objects = ids.len(), vanished = report.vanished.len(), "objects rebuilt");
+        Ok(report)
+    }
+
+    /// Reads back the data blocks at these log indexes, decoded, in order; undecodable ones
+    /// are marked malformed and left out.
+    pub(crate) fn read_blocks(
+        &mut self,
+        indexes: impl IntoIterator<Item = usize>,
+    ) -> Result<Vec<(BlockOrigin, Mutations)>, PipelineError> {
+        let space = self.space();
+        let mut blocks = Vec::new();
+        for i in indexes {
+            let Some(entry) = self.log.get_mut(i) else {
+                continue;
+            };
+            let position = entry.position;
+            let block = self
+                .store
+                .get(&position.feed, position.seq)
+                .map_err(|source| PipelineError::ReadBack {
+                    space,
+                    feed: position.feed,
+                    seq: position.seq,
+                    source: Box::new(source),
+                })?;
+            match Mutations::decode(block.block.payload) {
+                Ok(m) => blocks.push((
+                    BlockOrigin {
+                        feed: position.feed,
+                        seq: position.seq,
+                        lamport: entry.lamport,
+                    },
+                    m,
+                )),
+                Err(e) => {
+                    if let EntryKind::Data { status, .. } = &mut entry.kind {
+                        *status = DataStatus::Malformed(format!(
+                            "payload is not a Mutations message: {e}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// The applied data blocks covered by `timeframe` (all of them for `None`), decoded, in
+    /// log order: what a branch or a past view replays.
+    pub(crate) fn applied_blocks(
+        &mut self,
+        timeframe: Option<&Timeframe>,
+    ) -> Result<Vec<(BlockOrigin, Mutations)>, PipelineError> {
+        let indexes: Vec<usize> = self
+            .log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                matches!(
+                    e.kind,
+                    EntryKind::Data {
+                        status: DataStatus::Applied,
+                        ..
+                    }
+                ) && timeframe.is_none_or(|t| t.covers(&e.position.feed, e.position.seq))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.read_blocks(indexes)
+    }
+}
