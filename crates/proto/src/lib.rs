@@ -26,3 +26,9 @@ pub mod db {
 pub mod halo {
     include!("gen/echo.halo.rs");
 }
+
+/// MESH wire messages: replication, invitations and blob exchange.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod mesh {
+    include!("gen/echo.mesh.rs");
+}
