@@ -10,6 +10,8 @@
 //! - [`blob`]: `/echo/blob/1`, content-addressed blobs fetched by CID and verified on arrival;
 //! - [`frame`]: the length-prefixed framing all three use;
 //! - [`discovery`]: the keys peers announce and look for.
+//! - [`node`]: the libp2p node on tokio that drives the cores (TCP, QUIC, mDNS, rendezvous);
+//! - [`signal`]: the signal server (rendezvous + relay) that `echodb signal` runs.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -54,7 +56,9 @@ pub mod discovery;
 pub mod entropy;
 pub mod frame;
 pub mod invite;
+pub mod node;
 pub mod replicate;
+pub mod signal;
 
 pub use discovery::DiscoveryKey;
 pub use entropy::{Entropy, OsEntropy, SeededEntropy};

@@ -1,0 +1,981 @@
+//! The libp2p node: transports, discovery and the tokio drivers of the protocol cores.
+//!
+//! A [`Node`] runs on tokio. Its peer id is derived from the device key (the ed25519 secret of
+//! [`KeyPair`] becomes the libp2p identity), so Noise (TCP) and TLS (QUIC) authenticate the
+//! remote *device key*, which the replication core then checks against the space's membership.
+//!
+//! - Transports: TCP + Noise + Yamux, QUIC, and the relay client (circuits through a signal
+//!   server); DCUtR upgrades relayed connections to direct ones where it can.
+//! - Behaviours: identify, ping, mDNS (on unless [`NodeConfig::mdns`] is off), rendezvous client
+//!   (a space is registered and looked up under its [`DiscoveryKey`], in hex), connection limits,
+//!   and raw protocol streams (`libp2p-stream`) for `/echo/replicate/1`.
+//! - Replication: for each connected peer and each space held here, the side with the lower
+//!   peer id opens one `/echo/replicate/1` stream if the remote's device is a member; the other
+//!   side accepts it. Each stream has its own task (see `driver`); imports run on tokio's
+//!   blocking pool. At most [`NodeConfig::max_sessions_per_space`] sessions run per space, so a
+//!   space of hundreds of peers forms an overlay, not a full mesh.
+//! - Reconnection: a peer this node dialled (or found through mDNS or rendezvous) is dialled
+//!   again after it disconnects, with exponential backoff.
+
+mod driver;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use echodb_feed_store::FeedStore;
+use echodb_halo::{KeyPair, PublicKey, Signer as _};
+use futures::StreamExt as _;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, dcutr, identify, mdns, noise,
+    ping, relay, rendezvous, yamux,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use driver::DriveError;
+
+use crate::discovery::DiscoveryKey;
+use crate::replicate::{self, Membership, ReplicateConfig, Session};
+
+/// A space's membership as the node shares it with its session tasks.
+pub type SharedMembership = Arc<dyn Membership + Send + Sync>;
+
+/// The identify protocol version this node announces.
+pub const IDENTIFY_PROTOCOL: &str = "/echo/id/1";
+/// Rendezvous registrations live this long (seconds) and are renewed at half of it.
+pub const REGISTRATION_TTL: u64 = 2 * 60 * 60;
+/// Capacity of the command queue from [`Node`] handles to the node's task.
+const COMMANDS: usize = 64;
+/// Most peers remembered for redialling.
+const MAX_KNOWN_PEERS: usize = 1024;
+/// Most inbound streams reading their opening frame at once.
+const MAX_PENDING_INBOUND: usize = 64;
+
+/// How a node runs. The defaults suit a device on a LAN; tests turn mDNS off.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Signal servers (rendezvous), each with its `/p2p/<peer id>`.
+    pub signal_servers: Vec<Multiaddr>,
+    /// Take the listen addresses as external addresses (what rendezvous registers). Right on a
+    /// LAN and in tests; behind NAT, observed addresses are better.
+    pub announce_listen_addrs: bool,
+    /// Most replication sessions per space (peers replicated with at once).
+    pub max_sessions_per_space: usize,
+    /// Most established connections.
+    pub max_connections: u32,
+    /// A replication session must be established within this time.
+    pub open_timeout: Duration,
+    /// A session with requests outstanding that receives nothing for this long is dropped.
+    pub stall_timeout: Duration,
+    /// A connection without streams is closed after this long.
+    pub idle_connection_timeout: Duration,
+    /// First redial delay; it doubles per failure up to `redial_max`.
+    pub redial_min: Duration,
+    /// Longest redial delay.
+    pub redial_max: Duration,
+    /// How often spaces are looked up again at the signal servers.
+    pub rediscover_interval: Duration,
+    /// Settings of each replication session.
+    pub replicate: ReplicateConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            mdns: true,
+            signal_servers: Vec::new(),
+            announce_listen_addrs: true,
+            max_sessions_per_space: 8,
+            max_connections: 256,
+            open_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(60),
+            redial_min: Duration::from_millis(250),
+            redial_max: Duration::from_secs(30),
+            rediscover_interval: Duration::from_secs(30),
+            replicate: ReplicateConfig::default(),
+        }
+    }
+}
+
+/// Why a node could not start or do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The device key could not become a libp2p identity.
+    #[error("device {device}: the key is not a usable libp2p identity: {reason}")]
+    Identity {
+        /// The device key.
+        device: PublicKey,
+        /// What libp2p said.
+        reason: String,
+    },
+    /// The transports or behaviours could not be built.
+    #[error("device {device}: building the libp2p stack failed: {reason}")]
+    Build {
+        /// The device key.
+        device: PublicKey,
+        /// What libp2p said.
+        reason: String,
+    },
+    /// A listen address was refused.
+    #[error("listening on {addr} failed: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// What libp2p said.
+        reason: String,
+    },
+    /// A listener reported no address in time.
+    #[error("no listen address within {after:?} (asked for {asked:?})")]
+    ListenTimeout {
+        /// The addresses asked for.
+        asked: Vec<Multiaddr>,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A dial was refused at once.
+    #[error("dialling {addr} failed: {reason}")]
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// What libp2p said.
+        reason: String,
+    },
+    /// A signal server address lacks `/p2p/<peer id>`.
+    #[error("signal server address {addr} has no /p2p/<peer id>")]
+    SignalAddress {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// The node's task has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// The libp2p identity of a device key: the same ed25519 key, so the peer id names the device.
+pub fn identity(device: &KeyPair) -> Result<libp2p::identity::Keypair, NodeError> {
+    let mut secret = device.secret_bytes();
+    libp2p::identity::Keypair::ed25519_from_bytes(&mut secret).map_err(|e| NodeError::Identity {
+        device: device.public_key(),
+        reason: e.to_string(),
+    })
+}
+
+/// The peer id of a device key.
+pub fn peer_id_of(device: &PublicKey) -> Option<PeerId> {
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(device.as_bytes()).ok()?;
+    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
+
+/// The device key a peer id names, if it is an ed25519 peer id (they all are, for echodb).
+pub fn device_of(peer: &PeerId) -> Option<PublicKey> {
+    let multihash = peer.as_ref();
+    // Ed25519 peer ids inline the public key (identity multihash, code 0).
+    if multihash.code() != 0 {
+        return None;
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    let key = key.try_into_ed25519().ok()?;
+    Some(PublicKey::from_bytes(key.to_bytes()))
+}
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    rendezvous: rendezvous::client::Behaviour,
+    relay: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A space held by the node.
+#[derive(Clone)]
+struct SpaceEntry {
+    space: PublicKey,
+    membership: SharedMembership,
+    slots: Arc<Semaphore>,
+}
+
+type Spaces = Arc<RwLock<HashMap<DiscoveryKey, SpaceEntry>>>;
+
+enum Command {
+    AddSpace {
+        space: PublicKey,
+        membership: SharedMembership,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    SessionEnded {
+        peer: PeerId,
+        space: DiscoveryKey,
+        established: bool,
+    },
+    Shutdown,
+}
+
+/// A running node. Dropping it stops it (connections close, session tasks end).
+#[derive(Debug)]
+pub struct Node {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    commands: mpsc::Sender<Command>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::AddSpace { .. } => "AddSpace",
+            Command::Dial { .. } => "Dial",
+            Command::ConnectedPeers { .. } => "ConnectedPeers",
+            Command::SessionEnded { .. } => "SessionEnded",
+            Command::Shutdown => "Shutdown",
+        })
+    }
+}
+
+impl Node {
+    /// Starts a node for `device` over `store`: builds the transports, listens on
+    /// `config.listen` (waiting up to 10 s for each listener's first address) and dials the
+    /// signal servers. Must be called within a tokio runtime.
+    pub async fn spawn(
+        config: NodeConfig,
+        device: &KeyPair,
+        store: Arc<FeedStore>,
+    ) -> Result<Self, NodeError> {
+        let device_key = device.public_key();
+        let keypair = identity(device)?;
+        let peer_id = keypair.public().to_peer_id();
+        let build = |reason: String| NodeError::Build {
+            device: device_key,
+            reason,
+        };
+        let mdns_on = config.mdns;
+        let max_connections = config.max_connections;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| build(e.to_string()))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| build(e.to_string()))?
+            .with_behaviour(|key, relay| {
+                let local = key.public().to_peer_id();
+                let mdns = if mdns_on {
+                    Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established(Some(max_connections))
+                            .with_max_established_per_peer(Some(2))
+                            .with_max_pending_incoming(Some(64))
+                            .with_max_pending_outgoing(Some(64)),
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        IDENTIFY_PROTOCOL.to_owned(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::default(),
+                    mdns: Toggle::from(mdns),
+                    rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+                    relay,
+                    dcutr: dcutr::Behaviour::new(local),
+                    stream: libp2p_stream::Behaviour::new(),
+                })
+            })
+            .map_err(|e| build(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+            .build();
+
+        let mut listeners = HashMap::new();
+        for addr in &config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            listeners.insert(id, addr.clone());
+        }
+        let mut listen_addrs = Vec::new();
+        let wait = Duration::from_secs(10);
+        let waited = tokio::time::timeout(wait, async {
+            while !listeners.is_empty() {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr {
+                        listener_id,
+                        address,
+                    } => {
+                        listeners.remove(&listener_id);
+                        if config.announce_listen_addrs {
+                            swarm.add_external_address(address.clone());
+                        }
+                        listen_addrs.push(address);
+                    }
+                    SwarmEvent::ListenerClosed {
+                        listener_id,
+                        reason: Err(e),
+                        ..
+                    } => {
+                        if let Some(addr) = listeners.remove(&listener_id) {
+                            return Err(NodeError::Listen {
+                                addr,
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match waited {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(NodeError::ListenTimeout {
+                    asked: config.listen.clone(),
+                    after: wait,
+                });
+            }
+        }
+
+        let mut signal_servers = HashSet::new();
+        for addr in &config.signal_servers {
+            let Some(Protocol::P2p(server)) = addr.iter().last() else {
+                return Err(NodeError::SignalAddress { addr: addr.clone() });
+            };
+            signal_servers.insert(server);
+        }
+
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control
+            .accept(StreamProtocol::new(replicate::PROTOCOL))
+            .map_err(|e| build(e.to_string()))?;
+        let (commands, commands_rx) = mpsc::channel(COMMANDS);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let spaces: Spaces = Arc::default();
+
+        let shared = Shared {
+            local: peer_id,
+            store,
+            spaces,
+            control,
+            commands: commands.clone(),
+            shutdown: shutdown_rx,
+            config,
+        };
+        let accept = tokio::spawn(accept_loop(shared.clone(), incoming));
+        let mut driver = SwarmDriver {
+            swarm,
+            shared,
+            commands: commands_rx,
+            signal_servers,
+            known: BTreeMap::new(),
+            timers: Vec::new(),
+            opening: HashSet::new(),
+            accept,
+        };
+        for addr in driver.shared.config.signal_servers.clone() {
+            driver.dial(addr);
+        }
+        let task = tokio::spawn(driver.run());
+        tracing::info!(%peer_id, device = %device_key.short(), ?listen_addrs, "node started");
+        Ok(Self {
+            peer_id,
+            listen_addrs,
+            commands,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// This node's peer id (derived from the device key).
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses the listeners reported at start, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs
+            .iter()
+            .map(|a| a.clone().with(Protocol::P2p(self.peer_id)))
+            .collect()
+    }
+
+    /// Holds `space` from now on: replicates it with every connected peer whose device is a
+    /// member (per `membership`), accepts its streams, and announces it at the signal servers.
+    pub async fn add_space(
+        &self,
+        space: PublicKey,
+        membership: SharedMembership,
+    ) -> Result<(), NodeError> {
+        self.send(Command::AddSpace { space, membership }).await
+    }
+
+    /// Dials `addr` (with or without `/p2p/`); the peer is redialled after it disconnects.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Dial { addr, reply }).await?;
+        answer.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The peers connected now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ConnectedPeers { reply }).await?;
+        answer.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Stops the node and waits (at most 5 s) for its task to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.commands.send(Command::Shutdown).await;
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NodeError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// What the swarm task and the accept task share.
+#[derive(Clone)]
+struct Shared {
+    local: PeerId,
+    store: Arc<FeedStore>,
+    spaces: Spaces,
+    control: libp2p_stream::Control,
+    commands: mpsc::Sender<Command>,
+    shutdown: watch::Receiver<bool>,
+    config: NodeConfig,
+}
+
+impl Shared {
+    fn context(&self, peer: PeerId, space: DiscoveryKey) -> driver::Context {
+        driver::Context {
+            peer,
+            space,
+            store: self.store.clone(),
+            open_timeout: self.config.open_timeout,
+            stall_timeout: self.config.stall_timeout,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    fn space(&self, key: &DiscoveryKey) -> Option<SpaceEntry> {
+        self.spaces.read().ok()?.get(key).cloned()
+    }
+}
+
+/// Accepts inbound `/echo/replicate/1` streams.
+async fn accept_loop(shared: Shared, mut incoming: libp2p_stream::IncomingStreams) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_INBOUND));
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many inbound replication streams opening; dropped one");
+            continue;
+        };
+        tokio::spawn(accept_one(shared.clone(), peer, stream, permit));
+    }
+}
+
+async fn accept_one(
+    shared: Shared,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    pending: OwnedSemaphorePermit,
+) {
+    let Some(remote) = device_of(&peer) else {
+        tracing::info!(%peer, "replication stream from a peer id without an ed25519 key; refused");
+        driver::refuse(stream, replicate::Refusal::NotAuthorized).await;
+        return;
+    };
+    // The discovery key is not known yet; the context is completed once it is.
+    let unknown = DiscoveryKey([0; 32]);
+    let (opened, rest) =
+        match driver::read_open(&mut stream, remote, &shared.context(peer, unknown)).await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::info!(%error, "inbound replication stream dropped before it opened");
+                return;
+            }
+        };
+    drop(pending);
+    let key = opened.discovery_key;
+    let Some(entry) = shared.space(&key) else {
+        // The same answer a non-member gets: whether the space is held stays hidden.
+        tracing::info!(%peer, space = %key, "replication asked for a space not held here; refused");
+        driver::refuse(stream, replicate::Refusal::NotAuthorized).await;
+        return;
+    };
+    let Ok(slot) = entry.slots.clone().try_acquire_owned() else {
+        tracing::info!(%peer, space = %key, "session limit of the space reached; stream dropped");
+        return;
+    };
+    let (session, accepted) = Session::accept(
+        entry.space,
+        remote,
+        opened,
+        shared.store.clone(),
+        entry.membership.clone(),
+        shared.config.replicate,
+    );
+    let ctx = shared.context(peer, key);
+    if let Err(error) = accepted {
+        tracing::info!(%peer, space = %key, %error, "replication refused");
+    }
+    let result = driver::run(session, stream, rest, ctx, &mut false).await;
+    drop(slot);
+    log_end(peer, key, &result);
+}
+
+fn log_end(peer: PeerId, space: DiscoveryKey, result: &Result<driver::Ended, DriveError>) {
+    match result {
+        Ok(ended) => tracing::debug!(%peer, %space, ?ended, "replication stream ended"),
+        Err(error) => tracing::info!(%error, "replication stream ended"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Redial(PeerId),
+    Reopen(PeerId, DiscoveryKey),
+}
+
+/// The task that owns the swarm.
+struct SwarmDriver {
+    swarm: Swarm<Behaviour>,
+    shared: Shared,
+    commands: mpsc::Receiver<Command>,
+    signal_servers: HashSet<PeerId>,
+    /// Peers to redial: an address and the current backoff.
+    known: BTreeMap<PeerId, (Multiaddr, Duration)>,
+    timers: Vec<(Instant, Timer)>,
+    /// Sessions this side opened and that have not ended.
+    opening: HashSet<(PeerId, DiscoveryKey)>,
+    accept: JoinHandle<()>,
+}
+
+impl SwarmDriver {
+    async fn run(mut self) {
+        let mut rediscover = tokio::time::interval(self.shared.config.rediscover_interval);
+        loop {
+            let next_timer = self.timers.iter().map(|(at, _)| *at).min();
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Shutdown) => break,
+                    Some(command) => self.on_command(command),
+                },
+                _ = sleep_until(next_timer) => self.on_timers(),
+                _ = rediscover.tick() => self.discover_all(),
+            }
+        }
+        self.accept.abort();
+        tracing::info!(peer_id = %self.shared.local, "node stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::AddSpace { space, membership } => {
+                let key = DiscoveryKey::for_space(&space);
+                let entry = SpaceEntry {
+                    space,
+                    membership,
+                    slots: Arc::new(Semaphore::new(self.shared.config.max_sessions_per_space)),
+                };
+                if let Ok(mut spaces) = self.shared.spaces.write() {
+                    spaces.insert(key, entry);
+                }
+                tracing::info!(space = %space.short(), discovery_key = %key, "space added");
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for peer in peers {
+                    self.open(peer, key);
+                }
+                for server in self.signal_servers.clone() {
+                    if self.swarm.is_connected(&server) {
+                        self.register(server, key);
+                    }
+                }
+            }
+            Command::Dial { addr, reply } => {
+                let result = self.swarm.dial(addr.clone()).map_err(|e| NodeError::Dial {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                });
+                if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                    self.remember(peer, addr);
+                }
+                let _ = reply.send(result);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::SessionEnded {
+                peer,
+                space,
+                established,
+            } => {
+                self.opening.remove(&(peer, space));
+                // A session that had been running ended (the stream or connection broke):
+                // open a new one if the peer is still there. One that never got going (refused,
+                // limit reached) waits for the next connection.
+                if established && self.swarm.is_connected(&peer) {
+                    self.timers.push((
+                        Instant::now() + self.shared.config.redial_min,
+                        Timer::Reopen(peer, space),
+                    ));
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.timers.drain(..).partition(|(at, _)| *at <= now);
+        self.timers = later;
+        for (_, timer) in due {
+            match timer {
+                Timer::Redial(peer) => {
+                    if let Some((addr, _)) = self.known.get(&peer).cloned() {
+                        tracing::debug!(%peer, %addr, "redialling");
+                        let _ = self.swarm.dial(
+                            DialOpts::peer_id(peer)
+                                .addresses(vec![addr])
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build(),
+                        );
+                    }
+                }
+                Timer::Reopen(peer, space) => self.open(peer, space),
+            }
+        }
+    }
+
+    fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        if peer == self.shared.local {
+            return;
+        }
+        if self.known.len() >= MAX_KNOWN_PEERS && !self.known.contains_key(&peer) {
+            return;
+        }
+        let backoff = self.shared.config.redial_min;
+        self.known
+            .entry(peer)
+            .and_modify(|(a, _)| *a = addr.clone())
+            .or_insert((addr, backoff));
+    }
+
+    fn dial(&mut self, addr: Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.remember(peer, addr.clone());
+        }
+        if let Err(error) = self.swarm.dial(addr.clone()) {
+            tracing::info!(%addr, %error, "dial failed");
+        }
+    }
+
+    fn schedule_redial(&mut self, peer: PeerId) {
+        let max = self.shared.config.redial_max;
+        if let Some((_, backoff)) = self.known.get_mut(&peer) {
+            let delay = *backoff;
+            *backoff = (*backoff * 2).min(max);
+            if !self.timers.iter().any(|(_, t)| *t == Timer::Redial(peer)) {
+                self.timers
+                    .push((Instant::now() + delay, Timer::Redial(peer)));
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. }
+                if self.shared.config.announce_listen_addrs =>
+            {
+                self.swarm.add_external_address(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    self.remember(peer_id, address.clone());
+                }
+                let min = self.shared.config.redial_min;
+                if let Some((_, backoff)) = self.known.get_mut(&peer_id) {
+                    *backoff = min;
+                }
+                if num_established.get() != 1 {
+                    return;
+                }
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if self.signal_servers.contains(&peer_id) {
+                    let keys: Vec<DiscoveryKey> = self.space_keys();
+                    for key in keys {
+                        self.register(peer_id, key);
+                    }
+                    return;
+                }
+                for key in self.space_keys() {
+                    self.open(peer_id, key);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "disconnected");
+                self.schedule_redial(peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "dial failed");
+                if !self.swarm.is_connected(&peer) {
+                    self.schedule_redial(peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if peer != self.shared.local && !self.swarm.is_connected(&peer) {
+                        self.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(event)) => self.on_rendezvous(event),
+            _ => {}
+        }
+    }
+
+    fn on_rendezvous(&mut self, event: rendezvous::client::Event) {
+        match event {
+            rendezvous::client::Event::Discovered { registrations, .. } => {
+                for registration in registrations {
+                    let peer = registration.record.peer_id();
+                    if peer == self.shared.local || self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    let Some(addr) = registration.record.addresses().first().cloned() else {
+                        continue;
+                    };
+                    tracing::debug!(%peer, %addr, namespace = %registration.namespace, "found through rendezvous");
+                    self.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                }
+            }
+            rendezvous::client::Event::Registered {
+                namespace,
+                rendezvous_node,
+                ..
+            } => {
+                tracing::debug!(%namespace, server = %rendezvous_node, "registered");
+            }
+            rendezvous::client::Event::RegisterFailed {
+                namespace,
+                rendezvous_node,
+                error,
+            } => {
+                tracing::warn!(%namespace, server = %rendezvous_node, ?error, "rendezvous registration refused");
+            }
+            rendezvous::client::Event::DiscoverFailed {
+                rendezvous_node,
+                error,
+                ..
+            } => {
+                tracing::debug!(server = %rendezvous_node, ?error, "rendezvous lookup failed");
+            }
+            rendezvous::client::Event::Expired { .. } => {}
+        }
+    }
+
+    fn space_keys(&self) -> Vec<DiscoveryKey> {
+        self.shared
+            .spaces
+            .read()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn register(&mut self, server: PeerId, key: DiscoveryKey) {
+        let Ok(namespace) = rendezvous::Namespace::new(key.to_string()) else {
+            return;
+        };
+        if let Err(error) = self.swarm.behaviour_mut().rendezvous.register(
+            namespace.clone(),
+            server,
+            Some(REGISTRATION_TTL),
+        ) {
+            tracing::warn!(%server, %error, "cannot register at the signal server");
+        }
+        self.swarm
+            .behaviour_mut()
+            .rendezvous
+            .discover(Some(namespace), None, Some(64), server);
+    }
+
+    fn discover_all(&mut self) {
+        let keys = self.space_keys();
+        for server in self.signal_servers.clone() {
+            if !self.swarm.is_connected(&server) {
+                continue;
+            }
+            for key in &keys {
+                // Registering again renews the registration before its TTL runs out.
+                self.register(server, *key);
+            }
+        }
+    }
+
+    /// Opens a replication session with `peer` for the space `key` if this side is the one
+    /// that opens (the lower peer id), the remote device is a member, none runs yet and the
+    /// space has a free slot.
+    fn open(&mut self, peer: PeerId, key: DiscoveryKey) {
+        if self.shared.local >= peer
+            || self.signal_servers.contains(&peer)
+            || self.opening.contains(&(peer, key))
+        {
+            return;
+        }
+        let Some(entry) = self.shared.space(&key) else {
+            return;
+        };
+        let Some(remote) = device_of(&peer) else {
+            return;
+        };
+        if !entry.membership.is_member_device(&remote) {
+            tracing::debug!(%peer, space = %key, "peer is not a member device; not replicating");
+            return;
+        }
+        let Ok(slot) = entry.slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, space = %key, "session limit of the space reached");
+            return;
+        };
+        self.opening.insert((peer, key));
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let established = open_one(&shared, peer, key, remote, entry).await;
+            drop(slot);
+            let _ = shared
+                .commands
+                .send(Command::SessionEnded {
+                    peer,
+                    space: key,
+                    established,
+                })
+                .await;
+        });
+    }
+}
+
+/// Runs one outbound session; returns whether it was established (heads exchanged).
+async fn open_one(
+    shared: &Shared,
+    peer: PeerId,
+    key: DiscoveryKey,
+    remote: PublicKey,
+    entry: SpaceEntry,
+) -> bool {
+    let mut control = shared.control.clone();
+    let ctx = shared.context(peer, key);
+    let opened = tokio::time::timeout(
+        shared.config.open_timeout,
+        control.open_stream(peer, StreamProtocol::new(replicate::PROTOCOL)),
+    )
+    .await;
+    let stream = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            let error = DriveError::OpenStream {
+                peer,
+                space: key,
+                reason: error.to_string(),
+            };
+            tracing::info!(%error, "replication not started");
+            return false;
+        }
+        Err(_) => {
+            let error = DriveError::OpenTimeout {
+                peer,
+                space: key,
+                after: shared.config.open_timeout,
+            };
+            tracing::info!(%error, "replication not started");
+            return false;
+        }
+    };
+    let session = match Session::open(
+        entry.space,
+        remote,
+        shared.store.clone(),
+        entry.membership.clone(),
+        shared.config.replicate,
+    ) {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::info!(%peer, %error, "replication not started");
+            return false;
+        }
+    };
+    let mut established = false;
+    let result = driver::run(session, stream, Vec::new(), ctx, &mut established).await;
+    log_end(peer, key, &result);
+    established
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
+    }
+}
