@@ -1,0 +1,213 @@
+//! What the commands print: text for people by default, one JSON object a line with `--json`.
+
+use std::io::{self, Write as _};
+
+use echodb::{FeedStatus, IdentityInfo, MemberInfo, ObjectId, ObjectView, PublicKey, Value};
+use serde_json::json;
+
+/// Where results go.
+#[derive(Debug)]
+pub struct Out {
+    json: bool,
+}
+
+/// Whether `error` is a write to an output nobody reads any more (the reader went away:
+/// `echodb query … | head -1`); the command then ends quietly.
+pub fn is_closed_output(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// The JSON form of an object.
+pub fn object_json(view: &ObjectView) -> serde_json::Value {
+    json!({
+        "id": view.id.to_string(),
+        "type": view.type_name,
+        "model": view.model,
+        "parent": view.parent.map(|p| p.to_string()),
+        "deleted": view.deleted,
+        "value": view.value.to_json(),
+    })
+}
+
+fn compact(value: &Value) -> String {
+    value.to_json().to_string()
+}
+
+impl Out {
+    /// Text for people, or JSON lines.
+    pub fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    /// Whether output is JSON.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes one line to stdout and flushes it (so a reader sees each line as it comes).
+    pub fn line(&mut self, line: &str) -> anyhow::Result<()> {
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "{line}")?;
+        stdout.flush()?;
+        Ok(())
+    }
+
+    /// A note for people on stderr (never part of the results).
+    pub fn note(&self, note: &str) {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("{note}");
+        }
+    }
+
+    fn emit(
+        &mut self,
+        json: serde_json::Value,
+        human: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        let line = if self.json { json.to_string() } else { human() };
+        self.line(&line)
+    }
+
+    /// An identity.
+    pub fn identity(&mut self, info: &IdentityInfo) -> anyhow::Result<()> {
+        self.emit(
+            json!({
+                "identity": info.identity.to_string(),
+                "device": info.device.to_string(),
+                "halo_space": info.halo_space.to_string(),
+                "name": info.name,
+            }),
+            || {
+                format!(
+                    "identity {}{}\ndevice   {}",
+                    info.identity,
+                    info.name
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default(),
+                    info.device
+                )
+            },
+        )
+    }
+
+    /// A new space: its key alone for people, so that `$(echodb space create)` is the key.
+    pub fn created_space(&mut self, key: PublicKey, name: Option<&str>) -> anyhow::Result<()> {
+        self.emit(json!({ "space": key.to_string(), "name": name }), || {
+            key.to_string()
+        })
+    }
+
+    /// A space, as lists show it: key, then name if it has one.
+    pub fn space(&mut self, key: PublicKey, name: Option<&str>) -> anyhow::Result<()> {
+        self.emit(
+            json!({ "space": key.to_string(), "name": name }),
+            || match name {
+                Some(n) => format!("{key}  {n}"),
+                None => key.to_string(),
+            },
+        )
+    }
+
+    /// A new object's id.
+    pub fn id(&mut self, id: ObjectId) -> anyhow::Result<()> {
+        self.emit(json!({ "id": id.to_string() }), || id.to_string())
+    }
+
+    /// A deleted object.
+    pub fn deleted(&mut self, id: ObjectId) -> anyhow::Result<()> {
+        self.emit(json!({ "id": id.to_string(), "deleted": true }), || {
+            format!("deleted {id}")
+        })
+    }
+
+    /// An object in full.
+    pub fn object(&mut self, view: &ObjectView) -> anyhow::Result<()> {
+        self.emit(object_json(view), || {
+            let mut text = format!(
+                "{}  {}{}",
+                view.id,
+                view.type_name,
+                if view.deleted { "  (deleted)" } else { "" }
+            );
+            if let Some(parent) = view.parent {
+                text.push_str(&format!("\n  parent: {parent}"));
+            }
+            if let Value::Map(fields) = &view.value {
+                for (name, value) in fields {
+                    text.push_str(&format!("\n  {name}: {}", compact(value)));
+                }
+            }
+            text
+        })
+    }
+
+    /// An object on one line, as queries list them.
+    pub fn object_line(&mut self, view: &ObjectView) -> anyhow::Result<()> {
+        self.emit(object_json(view), || {
+            format!("{}  {}  {}", view.id, view.type_name, compact(&view.value))
+        })
+    }
+
+    /// A text's content.
+    pub fn text(&mut self, id: ObjectId, text: &str) -> anyhow::Result<()> {
+        self.emit(json!({ "id": id.to_string(), "text": text }), || {
+            text.to_owned()
+        })
+    }
+
+    /// A member of a space.
+    pub fn member(&mut self, member: &MemberInfo) -> anyhow::Result<()> {
+        let role = format!("{:?}", member.role).to_lowercase();
+        self.emit(
+            json!({
+                "identity": member.identity.to_string(),
+                "role": role,
+                "name": member.display_name,
+                "devices": member.devices.iter().map(|d| json!({
+                    "device": d.device.to_string(),
+                    "name": d.display_name,
+                    "revoked": d.revoked.is_some(),
+                })).collect::<Vec<_>>(),
+            }),
+            || {
+                format!(
+                    "{}  {role}  {}  ({} device{})",
+                    member.identity,
+                    member.display_name.as_deref().unwrap_or("-"),
+                    member.devices.len(),
+                    if member.devices.len() == 1 { "" } else { "s" }
+                )
+            },
+        )
+    }
+
+    /// A feed of a space.
+    pub fn feed(&mut self, feed: &FeedStatus) -> anyhow::Result<()> {
+        let designation = format!("{:?}", feed.designation).to_lowercase();
+        let head = feed.head.map(|h| h.to_string());
+        self.emit(
+            json!({
+                "feed": feed.feed.to_string(),
+                "owner": feed.owner.to_string(),
+                "device": feed.device.to_string(),
+                "designation": designation,
+                "length": feed.length,
+                "head": head,
+            }),
+            || {
+                format!(
+                    "{}  {designation:<7}  owner {}  length {}  head {}",
+                    feed.feed,
+                    feed.owner.short(),
+                    feed.length,
+                    head.as_deref().unwrap_or("-")
+                )
+            },
+        )
+    }
+}

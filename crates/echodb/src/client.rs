@@ -1,0 +1,383 @@
+//! The client: one vault on this device, its identity, and its spaces.
+
+use std::cell::{RefCell, RefMut};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use echodb_echo::FeedKeys;
+use echodb_feed_store::storage::WriteBatch;
+use echodb_feed_store::{Column, FeedStore, StorageError, StoreOptions};
+use echodb_halo::{
+    Assertion, Claim, Credential, DeviceSigner, Identity, Keyring, Profiles, PublicKey,
+    Signer as _, Timeframe, Timestamp,
+};
+
+use crate::error::{IdentityError, OpenError, SpaceError};
+use crate::space::Space;
+
+/// Where the keyring lives inside a vault.
+pub const KEYRING_DIR: &str = "keyring";
+/// Where the feed store (RocksDB) lives inside a vault.
+pub const STORE_DIR: &str = "store";
+
+/// Key of the identity record in the store's meta column.
+const IDENTITY_RECORD: &[u8] = b"echodb/identity";
+
+/// The identity that owns a vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityInfo {
+    /// The identity key (what other members see).
+    pub identity: PublicKey,
+    /// This device's key, authorized by the identity.
+    pub device: PublicKey,
+    /// The identity's HALO space (its devices and profile).
+    pub halo_space: PublicKey,
+    /// The display name given at creation, if any.
+    pub name: Option<String>,
+}
+
+/// A space the vault holds, as [`Client::spaces`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceInfo {
+    /// The space key.
+    pub key: PublicKey,
+    /// Its name, if one was set.
+    pub name: Option<String>,
+}
+
+/// The identity record as stored: public keys, name, and the device's authorization (the
+/// credential that lets this device sign for the identity in every space).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IdentityRecord {
+    identity: String,
+    device: String,
+    halo_space: String,
+    name: Option<String>,
+    /// Hex of the `AuthorizedDevice` credential's canonical bytes.
+    authorization: String,
+}
+
+/// The vault's identity, loaded.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadedIdentity {
+    pub(crate) info: IdentityInfo,
+    pub(crate) authorization: Credential,
+}
+
+/// An open vault: its store, keyring, identity and spaces. See the crate documentation.
+///
+/// One process owns a vault at a time; [`Client::open`] fails at once with
+/// [`OpenError::Locked`] (naming the holder's pid) while another process has it.
+#[derive(Debug)]
+pub struct Client {
+    vault: PathBuf,
+    store: Arc<FeedStore>,
+    keyring: Keyring,
+    identity: Option<LoadedIdentity>,
+    spaces: RefCell<BTreeMap<PublicKey, Space>>,
+}
+
+impl Client {
+    /// Opens the vault in `vault`, creating it (owner-only permissions) if it does not exist.
+    pub fn open(vault: impl AsRef<Path>) -> Result<Self, OpenError> {
+        let vault = vault.as_ref().to_path_buf();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        let existed = vault.exists();
+        fs::create_dir_all(&vault).map_err(io(&vault))?;
+        if !existed {
+            fs::set_permissions(&vault, fs::Permissions::from_mode(0o700)).map_err(io(&vault))?;
+        }
+        // The store's lock is taken first: nothing else in the vault is touched by a process
+        // that does not own it.
+        let store =
+            FeedStore::open(vault.join(STORE_DIR), StoreOptions::default()).map_err(|source| {
+                match source {
+                    StorageError::Locked { holder, .. } => OpenError::Locked {
+                        vault: vault.clone(),
+                        holder,
+                    },
+                    source => OpenError::Storage {
+                        vault: vault.clone(),
+                        source,
+                    },
+                }
+            })?;
+        let keyring =
+            Keyring::open(vault.join(KEYRING_DIR)).map_err(|source| OpenError::Keyring {
+                vault: vault.clone(),
+                source,
+            })?;
+        let identity = read_identity(&store, &vault)?;
+        tracing::debug!(vault = %vault.display(), identity = ?identity.as_ref().map(|i| i.info.identity.short()), "vault opened");
+        Ok(Self {
+            vault,
+            store: Arc::new(store),
+            keyring,
+            identity,
+            spaces: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// The vault directory.
+    pub fn vault(&self) -> &Path {
+        &self.vault
+    }
+
+    /// The feed store (for lower-level access: feeds, heads, blobs).
+    pub fn store(&self) -> &Arc<FeedStore> {
+        &self.store
+    }
+
+    /// The vault's identity, if one was created.
+    pub fn identity(&self) -> Option<&IdentityInfo> {
+        self.identity.as_ref().map(|i| &i.info)
+    }
+
+    /// Creates the vault's identity and this device: their keys go to the keyring, the
+    /// identity's HALO space (genesis, device authorization, profile) to the store.
+    pub fn create_identity(&mut self, name: Option<&str>) -> Result<IdentityInfo, IdentityError> {
+        if let Some(existing) = &self.identity {
+            return Err(IdentityError::Exists {
+                identity: existing.info.identity,
+            });
+        }
+        let feeds = FeedKeys::generate(Some(&self.keyring)).map_err(IdentityError::Keyring)?;
+        let created = Identity::create_in(
+            &self.keyring,
+            feeds.public(),
+            Profiles {
+                identity: name,
+                device: None,
+            },
+            now(),
+        )
+        .map_err(IdentityError::Keyring)?;
+        let identity = created.identity;
+        let payloads: Vec<Vec<u8>> = created.credentials.iter().map(|c| c.to_bytes()).collect();
+        let control = feeds.control.public_key();
+        self.store
+            .append(&feeds.control, &Timeframe::new(), &payloads)
+            .map_err(|e| IdentityError::Halo {
+                reason: e.to_string(),
+            })?;
+        // Recorded as a space of this vault, so that it can be opened (and, with the MESH
+        // issue, replicated to the identity's other devices) like any other.
+        echodb_echo::Space::join(self.store.clone(), identity.halo_space(), control, feeds)
+            .map_err(|e| IdentityError::Halo {
+                reason: e.to_string(),
+            })?;
+        let authorization =
+            identity
+                .device()
+                .chain()
+                .first()
+                .cloned()
+                .ok_or_else(|| IdentityError::Halo {
+                    reason: "the new device has no authorization credential".into(),
+                })?;
+        let info = IdentityInfo {
+            identity: identity.public_key(),
+            device: identity.device().device_key(),
+            halo_space: identity.halo_space(),
+            name: name.map(str::to_owned),
+        };
+        let record = IdentityRecord {
+            identity: info.identity.to_string(),
+            device: info.device.to_string(),
+            halo_space: info.halo_space.to_string(),
+            name: info.name.clone(),
+            authorization: hex::encode(authorization.to_bytes()),
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| IdentityError::Halo {
+            reason: e.to_string(),
+        })?;
+        let mut batch = WriteBatch::new();
+        batch.put(Column::Meta, IDENTITY_RECORD.to_vec(), Bytes::from(json));
+        self.store
+            .storage()
+            .write(batch, self.store.options().durability)
+            .map_err(IdentityError::Storage)?;
+        self.identity = Some(LoadedIdentity {
+            info: info.clone(),
+            authorization,
+        });
+        Ok(info)
+    }
+
+    fn require_identity(&self) -> Result<&LoadedIdentity, SpaceError> {
+        self.identity
+            .as_ref()
+            .ok_or_else(|| SpaceError::NoIdentity {
+                vault: self.vault.clone(),
+            })
+    }
+
+    /// The open spaces. Every borrow of it ends within the statement that takes it.
+    fn cache(&self) -> RefMut<'_, BTreeMap<PublicKey, Space>> {
+        self.spaces.borrow_mut()
+    }
+
+    /// Creates a space owned by the vault's identity, named `name` if given, and opens it.
+    pub fn create_space(&self, name: Option<&str>) -> Result<Space, SpaceError> {
+        let identity = self.require_identity()?;
+        let inner = echodb_echo::Space::create(
+            self.store.clone(),
+            Some(&self.keyring),
+            identity.info.identity,
+            identity.info.device,
+        )
+        .map_err(SpaceError::Create)?;
+        let space = Space::new(inner);
+        let write_failed = |reason: String| SpaceError::Write {
+            space: space.key(),
+            reason,
+        };
+        if let Some(name) = name {
+            space
+                .set_name(name)
+                .map_err(|e| write_failed(e.to_string()))?;
+        }
+        if let Some(display_name) = &identity.info.name {
+            // The member's profile, signed by this device for the identity (the authorization
+            // credential proves it may), so that other members see the name.
+            let device = self
+                .keyring
+                .get(&identity.info.device)
+                .map_err(|e| write_failed(e.to_string()))?;
+            let signer = DeviceSigner::new(
+                identity.info.identity,
+                device,
+                vec![identity.authorization.clone()],
+            );
+            let profile = Claim {
+                space: space.key(),
+                issuer: identity.info.identity,
+                subject: identity.info.identity,
+                issued_at: now(),
+                parents: Vec::new(),
+                assertion: Assertion::MemberProfile {
+                    display_name: display_name.clone(),
+                },
+            }
+            .sign(&signer);
+            space
+                .inner()?
+                .write_credential(&profile)
+                .map_err(|e| write_failed(e.to_string()))?;
+        }
+        self.cache().insert(space.key(), space.clone());
+        tracing::info!(space = %space.key().short(), "space created");
+        Ok(space)
+    }
+
+    /// The keys of the spaces this vault holds (not the identity's HALO space), in key order.
+    pub fn space_keys(&self) -> Result<Vec<PublicKey>, SpaceError> {
+        let halo = self.identity.as_ref().map(|i| i.info.halo_space);
+        Ok(echodb_echo::Space::list(&self.store)
+            .map_err(SpaceError::Storage)?
+            .into_iter()
+            .filter(|k| Some(*k) != halo)
+            .collect())
+    }
+
+    /// The spaces this vault holds, with their names (each is opened to read its name).
+    pub fn spaces(&self) -> Result<Vec<SpaceInfo>, SpaceError> {
+        self.space_keys()?
+            .into_iter()
+            .map(|key| {
+                let name = self.space(key)?.name()?;
+                Ok(SpaceInfo { key, name })
+            })
+            .collect()
+    }
+
+    /// Opens a space this vault holds (replaying its feeds the first time; later calls return
+    /// the same handle).
+    pub fn space(&self, key: PublicKey) -> Result<Space, SpaceError> {
+        if let Some(space) = self.cache().get(&key) {
+            return Ok(space.clone());
+        }
+        if !self.space_keys()?.contains(&key) {
+            return Err(SpaceError::NotFound {
+                space: key.to_string(),
+            });
+        }
+        let inner = echodb_echo::Space::open(self.store.clone(), &self.keyring, key)
+            .map_err(|source| SpaceError::Open { space: key, source })?;
+        let space = Space::new(inner);
+        Ok(self.cache().entry(key).or_insert(space).clone())
+    }
+
+    /// The space whose key is `text` or starts with it (hex, case-insensitive).
+    pub fn resolve_space(&self, text: &str) -> Result<PublicKey, SpaceError> {
+        let prefix = text.trim().to_ascii_lowercase();
+        if prefix.is_empty() {
+            return Err(SpaceError::NotFound { space: text.into() });
+        }
+        let candidates: Vec<PublicKey> = self
+            .space_keys()?
+            .into_iter()
+            .filter(|k| k.to_string().starts_with(&prefix))
+            .collect();
+        match candidates.as_slice() {
+            [] => Err(SpaceError::NotFound { space: text.into() }),
+            [one] => Ok(*one),
+            _ => Err(SpaceError::Ambiguous {
+                prefix: text.into(),
+                candidates,
+            }),
+        }
+    }
+}
+
+fn read_identity(store: &FeedStore, vault: &Path) -> Result<Option<LoadedIdentity>, OpenError> {
+    let corrupt = |reason: String| OpenError::Corrupt {
+        vault: vault.to_path_buf(),
+        reason,
+    };
+    let Some(bytes) = store
+        .storage()
+        .get(Column::Meta, IDENTITY_RECORD)
+        .map_err(|source| OpenError::Storage {
+            vault: vault.to_path_buf(),
+            source,
+        })?
+    else {
+        return Ok(None);
+    };
+    let record: IdentityRecord =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let authorization = hex::decode(&record.authorization)
+        .map_err(|e| corrupt(format!("authorization: {e}")))
+        .and_then(|b| {
+            Credential::from_bytes(&b).map_err(|e| corrupt(format!("authorization: {e}")))
+        })?;
+    let key = |what: &str, text: &str| {
+        text.parse::<PublicKey>()
+            .map_err(|e| corrupt(format!("{what}: {e}")))
+    };
+    Ok(Some(LoadedIdentity {
+        info: IdentityInfo {
+            identity: key("identity", &record.identity)?,
+            device: key("device", &record.device)?,
+            halo_space: key("halo_space", &record.halo_space)?,
+            name: record.name,
+        },
+        authorization,
+    }))
+}
+
+/// Milliseconds since the Unix epoch; informative only in credentials (no decision reads it).
+pub(crate) fn now() -> Timestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(millis)
+}
