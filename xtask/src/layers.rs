@@ -19,6 +19,7 @@ const RANKS: &[(&str, u32)] = &[
     ("echodb", 5),
     ("echodb-cli", 6),
     ("echodb-bench", 6),
+    ("echodb-sim", 6),
 ];
 
 pub fn run() -> Result<()> {

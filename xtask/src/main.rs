@@ -17,7 +17,9 @@ cargo xtask <command>
                           doc tests, examples, a quick benchmark run, and the whole test suite
   demo                    the main job on this machine (see README)
   bench SUITE [--quick] [--json] [--release]
-                          macro benchmarks; suites: feeds
+                          macro benchmarks; suites: feeds, echo
+  sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault flip-field=PEER]
+                          deterministic simulation of many peers (xtask/scenarios/*.json)
   codegen [--check]       regenerate crates/proto/src/gen from proto/*.proto (--check: fail if stale)
   layers                  fail if a crate depends upward or sideways (DESIGN §3)
 ";
@@ -29,6 +31,7 @@ fn main() -> Result<()> {
         Some("test") => test::run(),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         Some("codegen") => codegen::run(flag("--check")),
         Some("layers") => layers::run(),
         Some("help" | "--help" | "-h") | None => {
@@ -53,6 +56,14 @@ fn bench(args: &[String]) -> Result<()> {
             .map(String::as_str)
             .filter(|a| *a != "--release"),
     );
+    test::cargo(&cargo_args)
+}
+
+/// Runs the simulator binary on a scenario (in the optimised dev profile the tests share).
+fn sim(args: &[String]) -> Result<()> {
+    system::ensure_libclang()?;
+    let mut cargo_args = vec!["run", "--quiet", "--locked", "-p", "echodb-sim", "--"];
+    cargo_args.extend(args.iter().map(String::as_str));
     test::cargo(&cargo_args)
 }
 

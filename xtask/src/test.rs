@@ -36,15 +36,33 @@ pub fn run() -> Result<()> {
     step("build examples", || {
         cargo(&["build", "--workspace", "--examples", "--locked"])
     })?;
-    step("benchmark smoke run (bench feeds --quick)", || {
+    step(
+        "benchmark smoke run (bench feeds --quick, bench echo --quick)",
+        || {
+            for suite in ["feeds", "echo"] {
+                cargo(&[
+                    "run",
+                    "--locked",
+                    "-p",
+                    "echodb-bench",
+                    "--",
+                    suite,
+                    "--quick",
+                ])?;
+            }
+            Ok(())
+        },
+    )?;
+    step("simulation smoke run (sim baseline-20 --seed 1)", || {
         cargo(&[
             "run",
             "--locked",
             "-p",
-            "echodb-bench",
+            "echodb-sim",
             "--",
-            "feeds",
-            "--quick",
+            "baseline-20",
+            "--seed",
+            "1",
         ])
     })?;
     step("tests", || {

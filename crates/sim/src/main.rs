@@ -1,0 +1,122 @@
+//! `echodb-sim`: runs a simulation scenario (see `cargo xtask sim --help`).
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool reports on stdout
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use echodb_sim::{Fault, FaultKind, Options, Scenario, run};
+
+const HELP: &str = "\
+echodb-sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault flip-field=PEER]
+
+  SCENARIO   a name under xtask/scenarios/ (default baseline-20) or a path to a JSON file
+  --seed N   seed of every random choice (default 1); same seed, same run, same log hash
+  --peers N  override the scenario's initial peer count
+  --json     print the report as JSON instead of the summary
+  --svg FILE draw the fraction of peers converged over virtual time
+  --fault flip-field=PEER
+             test-only: PEER shows a state with one replicated field flipped; the run must
+             then report a divergence naming the object and field
+";
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/scenarios")
+}
+
+fn value<'a>(args: &'a [String], i: usize, flag: &str) -> Result<&'a str> {
+    args.get(i + 1)
+        .map(String::as_str)
+        .with_context(|| format!("{flag} needs a value\n\n{HELP}"))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut name: Option<String> = None;
+    let mut seed = 1u64;
+    let mut peers: Option<usize> = None;
+    let mut json = false;
+    let mut svg: Option<PathBuf> = None;
+    let mut fault: Option<Fault> = None;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--seed" => {
+                seed = value(&args, i, "--seed")?
+                    .parse()
+                    .context("--seed takes a number")?;
+                i += 1;
+            }
+            "--peers" => {
+                peers = Some(
+                    value(&args, i, "--peers")?
+                        .parse()
+                        .context("--peers takes a number")?,
+                );
+                i += 1;
+            }
+            "--json" => json = true,
+            "--svg" => {
+                svg = Some(PathBuf::from(value(&args, i, "--svg")?));
+                i += 1;
+            }
+            "--fault" => {
+                let spec = value(&args, i, "--fault")?;
+                let Some(peer) = spec.strip_prefix("flip-field=") else {
+                    bail!("unknown fault {spec:?}; known: flip-field=PEER");
+                };
+                fault = Some(Fault {
+                    peer: peer
+                        .parse()
+                        .context("flip-field=PEER takes a peer number")?,
+                    kind: FaultKind::FlipField,
+                });
+                i += 1;
+            }
+            "--help" | "-h" => {
+                eprint!("{HELP}");
+                return Ok(());
+            }
+            other if other.starts_with('-') => bail!("unknown option {other:?}\n\n{HELP}"),
+            other => {
+                if name.replace(other.to_owned()).is_some() {
+                    bail!("one scenario at a time\n\n{HELP}");
+                }
+            }
+        }
+        i += 1;
+    }
+    let name = name.unwrap_or_else(|| "baseline-20".into());
+    let file = if Path::new(&name).is_file() {
+        PathBuf::from(&name)
+    } else {
+        scenarios_dir().join(format!("{name}.json"))
+    };
+    let mut scenario = Scenario::load(&file)?;
+    if let Some(peers) = peers {
+        scenario.peers = peers;
+    }
+    if fault.is_some() {
+        scenario.fault = fault;
+    }
+    scenario.validate(&file)?;
+    let report = run(
+        scenario,
+        &Options {
+            seed,
+            sample: svg.is_some(),
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.summary());
+    }
+    if let Some(svg) = svg {
+        std::fs::write(&svg, report.svg()).with_context(|| format!("writing {}", svg.display()))?;
+        eprintln!("wrote {}", svg.display());
+    }
+    if !report.converged {
+        std::process::exit(2);
+    }
+    Ok(())
+}

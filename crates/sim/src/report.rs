@@ -1,0 +1,241 @@
+//! What a run reports: a human summary, JSON, and an SVG of convergence over time.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Mean, 99th percentile and maximum of a per-peer figure.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Spread {
+    /// Mean over peers.
+    pub mean: f64,
+    /// 99th percentile (nearest rank).
+    pub p99: u64,
+    /// Maximum.
+    pub max: u64,
+}
+
+impl Spread {
+    /// The spread of `values`.
+    pub fn of(values: &[u64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        let rank = ((sorted.len() as f64) * 0.99).ceil() as usize;
+        Self {
+            mean: sorted.iter().sum::<u64>() as f64 / sorted.len() as f64,
+            p99: sorted[rank.clamp(1, sorted.len()) - 1],
+            max: sorted[sorted.len() - 1],
+        }
+    }
+}
+
+/// Where replicas differ: the first differing object (by id) between the most common state
+/// and the first peer that does not hold it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Divergence {
+    /// The object's id (hex); `None` if only query results differ.
+    pub object: Option<String>,
+    /// The first differing field of that object, if the difference is in a field.
+    pub field: Option<String>,
+    /// A peer holding the most common state.
+    pub reference_peer: usize,
+    /// Every peer whose state differs from it.
+    pub differing_peers: Vec<usize>,
+    /// The value on the reference peer.
+    pub expected: Option<serde_json::Value>,
+    /// The value on the first differing peer.
+    pub found: Option<serde_json::Value>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Peers simulated (members and guests).
+    pub peers: usize,
+    /// Peers whose state was compared (joined, not removed).
+    pub checked_peers: usize,
+    /// Whether every compared peer holds the same state and the run ended on its own.
+    pub converged: bool,
+    /// The run hit `max_time_ms` with work still queued.
+    pub stopped_early: bool,
+    /// Where they differ, if they do.
+    pub divergence: Option<Divergence>,
+    /// Virtual time at the end of the run.
+    pub virtual_time_ms: f64,
+    /// The last write.
+    pub last_write_ms: f64,
+    /// The last heal, peer coming online or join.
+    pub last_heal_ms: f64,
+    /// The last change to any compared peer's state.
+    pub converged_at_ms: f64,
+    /// `converged_at_ms` after the later of the last write and the last heal.
+    pub time_to_converge_ms: f64,
+    /// Events processed.
+    pub events: u64,
+    /// Wall-clock time of the run.
+    pub wall_ms: f64,
+    /// Virtual time per wall time.
+    pub speed: f64,
+    /// Bytes each peer sent.
+    pub bytes_sent: Spread,
+    /// Frames (messages) each peer sent.
+    pub frames_sent: Spread,
+    /// Local writes appended.
+    pub writes: u64,
+    /// Local writes refused (a removed member's, once it knows).
+    pub refused_writes: u64,
+    /// Objects in the converged state (of the first compared peer).
+    pub objects: usize,
+    /// Replication connections opened.
+    pub connections: u64,
+    /// Connections refused or failed to open (membership not known yet, removed).
+    pub refused_connections: u64,
+    /// Connections broken by loss.
+    pub resets: u64,
+    /// Invitations completed.
+    pub invites_completed: usize,
+    /// BLAKE3 of the event log (times, kinds, every frame's bytes, final states).
+    pub log_hash: String,
+    /// (virtual ms, fraction of peers holding the final state), when sampled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<(f64, f64)>,
+}
+
+fn kib(bytes: f64) -> String {
+    if bytes >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", bytes / 1024.0 / 1024.0)
+    } else {
+        format!("{:.1} KiB", bytes / 1024.0)
+    }
+}
+
+impl Report {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "scenario {} (seed {}): {} peers, {} compared",
+            self.scenario, self.seed, self.peers, self.checked_peers
+        );
+        if self.converged {
+            let _ = writeln!(s, "  converged: yes, {} objects", self.objects);
+        } else {
+            let _ = writeln!(
+                s,
+                "  converged: NO{}",
+                if self.stopped_early {
+                    " (stopped at max_time_ms with work queued)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(d) = &self.divergence {
+            let _ = writeln!(
+                s,
+                "  first difference: object {} field {}: peer {} has {}, peers {:?} differ (first: {})",
+                d.object.as_deref().unwrap_or("-"),
+                d.field.as_deref().unwrap_or("-"),
+                d.reference_peer,
+                d.expected
+                    .as_ref()
+                    .map_or("nothing".into(), |v| v.to_string()),
+                d.differing_peers,
+                d.found.as_ref().map_or("nothing".into(), |v| v.to_string()),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  virtual time {:.1} s; last write {:.1} s, last heal/join {:.1} s, last change {:.1} s: converged {:.0} ms after",
+            self.virtual_time_ms / 1000.0,
+            self.last_write_ms / 1000.0,
+            self.last_heal_ms / 1000.0,
+            self.converged_at_ms / 1000.0,
+            self.time_to_converge_ms
+        );
+        let _ = writeln!(
+            s,
+            "  writes {} (refused {}), invitations {}, connections {} (refused {}, reset {})",
+            self.writes,
+            self.refused_writes,
+            self.invites_completed,
+            self.connections,
+            self.refused_connections,
+            self.resets
+        );
+        let _ = writeln!(
+            s,
+            "  sent per peer: bytes mean {} p99 {} max {}; frames mean {:.0} p99 {} max {}",
+            kib(self.bytes_sent.mean),
+            kib(self.bytes_sent.p99 as f64),
+            kib(self.bytes_sent.max as f64),
+            self.frames_sent.mean,
+            self.frames_sent.p99,
+            self.frames_sent.max
+        );
+        let _ = writeln!(
+            s,
+            "  {} events in {:.0} ms wall: {:.0}x real time",
+            self.events, self.wall_ms, self.speed
+        );
+        let _ = write!(s, "  event log hash {}", self.log_hash);
+        s
+    }
+
+    /// An SVG line chart of the fraction of peers holding the final state over virtual time.
+    pub fn svg(&self) -> String {
+        let (w, h, pad) = (640.0, 320.0, 40.0);
+        let end = self.curve.last().map_or(1.0, |(t, _)| t.max(1.0));
+        let points: Vec<String> = self
+            .curve
+            .iter()
+            .map(|(t, f)| {
+                format!(
+                    "{:.1},{:.1}",
+                    pad + t / end * (w - 2.0 * pad),
+                    h - pad - f * (h - 2.0 * pad)
+                )
+            })
+            .collect();
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{pad}" y="20">{} (seed {}): fraction of peers converged</text>"#,
+            self.scenario, self.seed
+        );
+        let (x0, y0, x1, y1) = (pad, h - pad, w - pad, pad);
+        let _ = writeln!(
+            s,
+            r#"<path d="M{x0},{y1} L{x0},{y0} L{x1},{y0}" stroke="black" fill="none"/>"#
+        );
+        let _ = writeln!(s, r#"<text x="4" y="{}">1.0</text>"#, y1 + 4.0);
+        let _ = writeln!(s, r#"<text x="4" y="{}">0.0</text>"#, y0 + 4.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{:.1} s</text>"#,
+            x1,
+            y0 + 16.0,
+            end / 1000.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" stroke="steelblue" stroke-width="2" fill="none"/>"#,
+            points.join(" ")
+        );
+        let _ = writeln!(s, "</svg>");
+        s
+    }
+}
