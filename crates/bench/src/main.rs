@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark reports on stdout/stderr
 
+mod echo;
 mod feeds;
 
 use std::time::Instant;
@@ -61,8 +62,9 @@ fn main() -> Result<()> {
         .map(String::as_str);
     let report = match suite {
         Some("feeds") => feeds::run(quick)?,
-        Some(other) => bail!("unknown suite {other:?}; suites: feeds"),
-        None => bail!("usage: echodb-bench SUITE [--quick] [--json]; suites: feeds"),
+        Some("echo") => echo::run(quick)?,
+        Some(other) => bail!("unknown suite {other:?}; suites: feeds, echo"),
+        None => bail!("usage: echodb-bench SUITE [--quick] [--json]; suites: feeds, echo"),
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -78,11 +80,40 @@ fn print_table(report: &Report) {
     for f in &report.results {
         println!("{:<34} {:>16.1}  {}", f.name, f.value, f.unit);
     }
+    let ratio = |a: &str, b: &str| match (report.figure(a), report.figure(b)) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.0}%", 100.0 * x / y),
+        _ => "-".into(),
+    };
+    let value = |a: &str| {
+        report
+            .figure(a)
+            .map_or_else(|| "-".into(), |x| format!("{x:.0}"))
+    };
+    if report.suite == "echo" {
+        println!();
+        println!(
+            "write_batch / raw_yrs_apply              {}  (target >= 33%, and >= 200,000/s: {})",
+            ratio("write_batch_per_s", "raw_yrs_apply_per_s"),
+            value("write_batch_per_s")
+        );
+        println!(
+            "write_single / raw_ed25519_sign          {}  (target >= 45%)",
+            ratio("write_single_per_s", "raw_ed25519_sign_per_s")
+        );
+        println!(
+            "query_selective_1m_us                    {}  (target <= 1,000)",
+            value("query_selective_1m_us")
+        );
+        println!(
+            "rss_bytes_per_object_1m                  {}  (target <= 1,500)",
+            value("rss_bytes_per_object_1m")
+        );
+        println!(
+            "reopen_replay_per_s                      {}  (target >= 300,000)",
+            value("reopen_replay_per_s")
+        );
+    }
     if report.suite == "feeds" {
-        let ratio = |a: &str, b: &str| match (report.figure(a), report.figure(b)) {
-            (Some(x), Some(y)) if y > 0.0 => format!("{:.0}%", 100.0 * x / y),
-            _ => "-".into(),
-        };
         println!();
         println!(
             "import_memory / raw_blake3_decode        {}  (target >= 40%, and >= 1,000,000/s)",

@@ -18,6 +18,7 @@ use crate::model::{Model, ModelRegistry, materialize_doc};
 use crate::query::{self, Query};
 use crate::subscription::{Event, Subscription, SubscriptionId, Subscriptions};
 use crate::value::Value;
+use crate::value::compact::CompactValue;
 
 mod batch;
 mod rebuild;
@@ -26,7 +27,7 @@ pub(crate) mod record;
 pub use batch::{Batch, LocalCommit};
 pub use rebuild::RebuildReport;
 pub use record::Stamp;
-use record::{IndexEntries, Lww, ObjectRecord, client_id_of, new_doc};
+use record::{DocCache, IndexEntries, Lww, ObjectRecord, client_id_of, encode_doc, new_doc};
 
 /// Where a data block comes from, as the pipeline delivers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,6 +67,10 @@ pub struct Config {
     pub max_parked: usize,
     /// How many refusals are remembered (the oldest are dropped).
     pub max_refusals: usize,
+    /// How many objects keep a live yrs document at most. Other objects keep their document
+    /// encoded (a few dozen bytes instead of kilobytes) and are hydrated when written. Results
+    /// never depend on it; only speed and memory do.
+    pub hydrated_documents: usize,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             index_policy: IndexPolicy::AllScalarFields,
             max_parked: 100_000,
             max_refusals: 1_024,
+            hydrated_documents: 4_096,
         }
     }
 }
@@ -140,7 +146,9 @@ pub(crate) enum Op {
         model: Arc<str>,
         parent: Option<ObjectId>,
     },
-    Update(Update),
+    /// The decoded update, and its bytes (a document holding only this update is stored as
+    /// them, without encoding it again).
+    Update(Update, bytes::Bytes),
     SetParent(Option<ObjectId>),
     Delete,
     Restore,
@@ -198,6 +206,8 @@ pub struct Database {
     pub(crate) writer: PublicKey,
     pub(crate) models: ModelRegistry,
     pub(crate) objects: BTreeMap<ObjectId, ObjectRecord>,
+    /// Live documents of recently written objects.
+    pub(crate) docs: DocCache,
     pub(crate) indexes: Indexes,
     parked: BTreeMap<ObjectId, BTreeMap<Stamp, Op>>,
     parked_len: usize,
@@ -248,6 +258,8 @@ fn check_op(m: &echodb_proto::db::Mutation) -> Result<(ObjectId, Op), String> {
         }
         Some(mutation::Op::Update(u)) => Op::Update(
             Update::decode_v1(&u.update).map_err(|e| format!("malformed CRDT update: {e}"))?,
+            // A copy, not a slice of the block: a parked mutation must not pin its whole block.
+            bytes::Bytes::copy_from_slice(&u.update),
         ),
         Some(mutation::Op::SetParent(s)) => Op::SetParent(parent(&s.parent)?),
         Some(mutation::Op::Delete(_)) => Op::Delete,
@@ -268,6 +280,7 @@ impl Database {
             writer,
             models: ModelRegistry::default(),
             objects: BTreeMap::new(),
+            docs: DocCache::new(config.hydrated_documents),
             indexes: Indexes::new(config.index_policy.clone()),
             parked: BTreeMap::new(),
             parked_len: 0,
@@ -417,7 +430,6 @@ impl Database {
                 state.deleted |= deleted_changed;
                 state_created = false;
             } else {
-                let doc = new_doc(client_id_of(&self.writer));
                 self.objects.insert(
                     id,
                     ObjectRecord {
@@ -432,8 +444,8 @@ impl Database {
                             value: false,
                             stamp,
                         },
-                        doc,
-                        value: Value::Null,
+                        state: Box::default(),
+                        value: CompactValue::default(),
                     },
                 );
                 state_created = true;
@@ -471,23 +483,38 @@ impl Database {
             return Ok(false);
         }
         touched.state(self, id);
-        let Some(record) = self.objects.get_mut(&id) else {
-            return Ok(false);
-        };
         let (content, parent, deleted) = match op {
             Op::Create { .. } => (false, false, false),
-            Op::Update(update) => {
+            Op::Update(update, bytes) => {
+                let client = client_id_of(&self.writer);
+                let Some(doc) = self.docs.hydrate(&mut self.objects, id, client) else {
+                    return Ok(false);
+                };
                 // Causal delivery (the pipeline's contract) means the update's past is here;
                 // yrs would hold back an update whose past is missing, but yrs 0.28 does not
                 // always integrate such held-back updates correctly once the past arrives.
-                let mut txn = record.doc.transact_mut();
-                txn.apply_update(update)
-                    .map_err(|e| format!("CRDT update for object {id} does not apply: {e}"))?;
-                (txn.has_changes(), false, false)
+                let changed = {
+                    let mut txn = doc.transact_mut();
+                    txn.apply_update(update)
+                        .map_err(|e| format!("CRDT update for object {id} does not apply: {e}"))?;
+                    txn.has_changes()
+                };
+                if changed {
+                    self.docs.note_update(&id, Some(&bytes));
+                }
+                (changed, false, false)
             }
-            Op::SetParent(p) => (false, record.parent.offer(p, stamp), false),
-            Op::Delete => (false, false, record.deleted.offer(true, stamp)),
-            Op::Restore => (false, false, record.deleted.offer(false, stamp)),
+            op => {
+                let Some(record) = self.objects.get_mut(&id) else {
+                    return Ok(false);
+                };
+                match op {
+                    Op::SetParent(p) => (false, record.parent.offer(p, stamp), false),
+                    Op::Delete => (false, false, record.deleted.offer(true, stamp)),
+                    Op::Restore => (false, false, record.deleted.offer(false, stamp)),
+                    Op::Create { .. } | Op::Update(..) => (false, false, false),
+                }
+            }
         };
         let state = touched.state(self, id);
         state.content |= content;
@@ -504,16 +531,33 @@ impl Database {
             let Some(state) = states.remove(&id) else {
                 continue;
             };
-            let Some(record) = self.objects.get_mut(&id) else {
+            let Some(record) = self.objects.get(&id) else {
                 continue;
             };
-            if state.content {
-                record.value = match self.models.get(&record.model) {
-                    Some(materialize) => materialize_doc(&record.doc, materialize),
+            let value = if state.content {
+                let materialize = self.models.get(&record.model);
+                let value = match materialize {
+                    Some(materialize) => {
+                        let client = client_id_of(&self.writer);
+                        match self.docs.hydrate(&mut self.objects, id, client) {
+                            Some(doc) => materialize_doc(doc, materialize),
+                            None => Value::Null,
+                        }
+                    }
                     None => Value::Null,
                 };
-            }
-            let new = self.indexes.entries(record);
+                let Some(record) = self.objects.get_mut(&id) else {
+                    continue;
+                };
+                record.value = CompactValue::encode(&value);
+                value
+            } else {
+                record.value()
+            };
+            let Some(record) = self.objects.get(&id) else {
+                continue;
+            };
+            let new = self.indexes.entries_with(record, &value);
             self.indexes.update(id, &state.old, &new);
             if state.created || state.content || state.parent || state.deleted {
                 changes.push(Change {
@@ -532,6 +576,9 @@ impl Database {
     }
 
     fn notify(&mut self, changes: &[Change]) {
+        if self.subscriptions.live.is_empty() {
+            return;
+        }
         let changed: BTreeSet<ObjectId> = changes.iter().map(|c| c.id).collect();
         let mut live = std::mem::take(&mut self.subscriptions.live);
         for sub in live.values_mut() {
@@ -565,7 +612,7 @@ impl Database {
             model: r.model.to_string(),
             parent: r.parent.value,
             deleted: r.deleted.value,
-            value: r.value.clone(),
+            value: r.value(),
         })
     }
 
@@ -587,7 +634,7 @@ impl Database {
     /// The value at a dotted path of an object (untyped access for tools).
     pub fn field(&self, id: ObjectId, path: &str) -> Result<Option<Value>, ReadError> {
         let record = self.objects.get(&id).ok_or(ReadError::NotFound { id })?;
-        Ok(record.value.at_path(path).cloned())
+        Ok(record.value().at_path(path).cloned())
     }
 
     /// Reads a live object as a typed struct.
@@ -603,7 +650,7 @@ impl Database {
                 found: record.type_name.to_string(),
             });
         }
-        serde_json::from_value(record.value.to_json()).map_err(|e| ReadError::Deserialize {
+        serde_json::from_value(record.value().to_json()).map_err(|e| ReadError::Deserialize {
             id,
             type_name: T::TYPE_NAME.to_owned(),
             reason: e.to_string(),
@@ -627,9 +674,10 @@ impl Database {
     /// same bytes.
     pub fn encode_object(&self, id: ObjectId) -> Option<Vec<u8>> {
         let r = self.objects.get(&id)?;
-        let document = {
-            let txn = r.doc.transact();
-            txn.encode_state_as_update_v1(&StateVector::default())
+        let document = match self.docs.get(&id) {
+            Some(doc) => encode_doc(doc),
+            None if r.state.is_empty() => encode_doc(&new_doc(client_id_of(&self.writer))),
+            None => r.state.to_vec(),
         };
         let document = canonical_document(document);
         let stored = echodb_proto::db::StoredObject {

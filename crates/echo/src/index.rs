@@ -58,13 +58,18 @@ impl Indexes {
 
     /// What `record` contributes to the indexes.
     pub(crate) fn entries(&self, record: &ObjectRecord) -> IndexEntries {
+        self.entries_with(record, &record.value())
+    }
+
+    /// What `record`, whose materialized value is `value`, contributes to the indexes.
+    pub(crate) fn entries_with(&self, record: &ObjectRecord, value: &Value) -> IndexEntries {
         let mut refs = Vec::new();
-        record.value.collect_refs(&mut refs);
+        value.collect_refs(&mut refs);
         refs.sort();
         refs.dedup();
         let mut fields = Vec::new();
         if &*record.model == ObjectModel::KIND
-            && let Value::Map(map) = &record.value
+            && let Value::Map(map) = value
         {
             for (name, value) in map {
                 if let Some(key) = value.scalar_key()
@@ -127,7 +132,8 @@ impl Indexes {
             }
         }
         if old.fields != new.fields {
-            for (name, key) in &old.fields {
+            // Usually one field of several changed: touch only the pairs that differ.
+            for (name, key) in old.fields.iter().filter(|f| !new.fields.contains(f)) {
                 if let Some(set) = self.fields.get_mut(name) {
                     set.remove(&(key.clone(), id));
                     if set.is_empty() {
@@ -135,7 +141,7 @@ impl Indexes {
                     }
                 }
             }
-            for (name, key) in &new.fields {
+            for (name, key) in new.fields.iter().filter(|f| !old.fields.contains(f)) {
                 self.fields
                     .entry(name.clone())
                     .or_default()

@@ -131,11 +131,13 @@ impl Query {
     }
 }
 
-fn text_of(record: &ObjectRecord) -> Option<&str> {
-    if &*record.model != TextModel::KIND {
-        return None;
-    }
-    record.value.at_path("text").and_then(Value::as_str)
+fn text_contains(record: &ObjectRecord, needle: &str) -> bool {
+    &*record.model == TextModel::KIND
+        && record
+            .value()
+            .at_path("text")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.contains(needle))
 }
 
 fn compare(have: &ScalarKey, want: &ScalarKey) -> Option<Ordering> {
@@ -186,19 +188,17 @@ pub(crate) fn matches_filter(
     match filter {
         Filter::Type(t) => &*record.type_name == t.as_str(),
         Filter::Ids(ids) => ids.contains(&id),
-        Filter::Field { path, op } => field_matches(record.value.at_path(path), op),
-        Filter::TextContains(needle) => {
-            text_of(record).is_some_and(|t| t.contains(needle.as_str()))
-        }
+        Filter::Field { path, op } => field_matches(record.value().at_path(path), op),
+        Filter::TextContains(needle) => text_contains(record, needle),
         Filter::ParentIs(parent) => record.parent.value == *parent,
         Filter::ReferencedBy(source) => db.objects.get(source).is_some_and(|s| {
             let mut refs = Vec::new();
-            s.value.collect_refs(&mut refs);
+            s.value().collect_refs(&mut refs);
             refs.contains(&id)
         }),
         Filter::RefersTo(target) => {
             let mut refs = Vec::new();
-            record.value.collect_refs(&mut refs);
+            record.value().collect_refs(&mut refs);
             refs.contains(target)
         }
     }
@@ -229,7 +229,7 @@ fn candidates(db: &Database, filter: &Filter) -> Option<Vec<ObjectId>> {
         Filter::ReferencedBy(source) => {
             let mut refs = Vec::new();
             if let Some(s) = db.objects.get(source) {
-                s.value.collect_refs(&mut refs);
+                s.value().collect_refs(&mut refs);
             }
             refs
         }
@@ -308,7 +308,7 @@ pub(crate) fn run(db: &Database, query: &Query) -> Vec<ObjectId> {
         // Keys are computed once per hit, not once per comparison.
         let mut keyed: Vec<(Option<ScalarKey>, ObjectId, &ObjectRecord)> = hits
             .into_iter()
-            .map(|(id, r)| (r.value.at_path(path).and_then(Value::scalar_key), id, r))
+            .map(|(id, r)| (r.value().at_path(path).and_then(Value::scalar_key), id, r))
             .collect();
         keyed.sort_by(|(ka, ia, _), (kb, ib, _)| {
             let by_value = match (ka, kb) {

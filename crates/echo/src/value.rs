@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::id::{ObjectId, hex, unhex};
 
+pub(crate) mod compact;
+
 /// A value held by an object: what a field of the `object` model contains.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use echodb_proto::db::{self as pb, Mutation, Mutations, mutation};
 use yrs::{Transact as _, TransactionMut};
 
+use crate::database::record::client_id_of;
 use crate::database::{BlockOrigin, Change, Database, ObjectType, Op, Touched};
 use crate::error::{CommitError, WriteError};
 use crate::id::ObjectId;
@@ -312,17 +313,17 @@ impl<'db> Batch<'db> {
                 found: record.type_name.to_string(),
             });
         }
-        let old = match &record.value {
-            Value::Map(fields) => fields.clone(),
-            _ => BTreeMap::new(),
-        };
-        let mut typed: T = serde_json::from_value(record.value.to_json()).map_err(|e| {
-            WriteError::Deserialize {
+        let value = record.value();
+        let mut typed: T =
+            serde_json::from_value(value.to_json()).map_err(|e| WriteError::Deserialize {
                 id,
                 type_name: T::TYPE_NAME.to_owned(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
+        let old = match value {
+            Value::Map(fields) => fields,
+            _ => BTreeMap::new(),
+        };
         change(&mut typed);
         let new = to_fields(T::TYPE_NAME, &typed)?;
         let set: BTreeMap<String, Value> = new
@@ -434,12 +435,17 @@ impl<'db> Batch<'db> {
                 ),
                 Staged::Edit { id, edit } => {
                     touched.state(db, id);
-                    let Some(record) = db.objects.get_mut(&id) else {
+                    let client = client_id_of(&db.writer);
+                    let Some(doc) = db.docs.hydrate(&mut db.objects, id, client) else {
                         skipped.push(WriteError::UnknownObject { id });
                         continue;
                     };
-                    let mut txn = record.doc.transact_mut();
+                    let mut txn = doc.transact_mut();
                     if let Err(source) = edit(&mut txn) {
+                        drop(txn);
+                        // Models change nothing when they refuse; were one to, the document
+                        // must still be encoded whole when evicted.
+                        db.docs.note_update(&id, None);
                         skipped.push(WriteError::Model { id, source });
                         continue;
                     }
@@ -448,6 +454,7 @@ impl<'db> Batch<'db> {
                     }
                     let update = txn.encode_update_v1();
                     drop(txn);
+                    db.docs.note_update(&id, Some(&update));
                     touched.state(db, id).content = true;
                     mutations.push(Mutation {
                         object_id: Bytes::copy_from_slice(id.as_bytes()),

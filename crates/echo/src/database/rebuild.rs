@@ -41,6 +41,7 @@ impl Database {
             }
             touched.state(self, *id);
             self.objects.remove(id);
+            self.docs.forget(id);
             if let Some(waiting) = self.parked.remove(id) {
                 self.parked_len -= waiting.len();
             }

@@ -1,0 +1,215 @@
+//! A compact byte form of [`Value`], for what the database keeps per object in memory.
+//!
+//! A materialized `Value::Map` costs a B-tree node (over 600 bytes) plus an allocation per key
+//! and string; at a million objects that dominates memory. The compact form is one allocation
+//! of a few dozen bytes, decoded when a read, query or index update needs the value. The bytes
+//! never leave the process, so the format can change freely.
+
+use std::collections::BTreeMap;
+
+use crate::id::{OBJECT_ID_LEN, ObjectId};
+use crate::value::Value;
+
+const NULL: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const INT: u8 = 3;
+const FLOAT: u8 = 4;
+const STRING: u8 = 5;
+const BYTES: u8 = 6;
+const LIST: u8 = 7;
+const MAP: u8 = 8;
+const REF: u8 = 9;
+
+/// A [`Value`] in compact bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CompactValue(Box<[u8]>);
+
+impl Default for CompactValue {
+    fn default() -> Self {
+        Self(Box::new([NULL]))
+    }
+}
+
+impl CompactValue {
+    /// The compact form of `value`.
+    pub(crate) fn encode(value: &Value) -> Self {
+        let mut out = Vec::with_capacity(32);
+        write(&mut out, value);
+        Self(out.into_boxed_slice())
+    }
+
+    /// The value back. The bytes are only ever made by [`CompactValue::encode`]; were they
+    /// damaged, what cannot be read comes back as `Null`.
+    pub(crate) fn decode(&self) -> Value {
+        let mut at = 0;
+        read(&self.0, &mut at).unwrap_or(Value::Null)
+    }
+}
+
+fn write_len(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    write_len(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn write(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.push(NULL),
+        Value::Bool(false) => out.push(FALSE),
+        Value::Bool(true) => out.push(TRUE),
+        Value::Int(i) => {
+            out.push(INT);
+            // Zigzag, so small negative numbers stay short.
+            write_len(out, ((i << 1) ^ (i >> 63)) as u64);
+        }
+        Value::Float(f) => {
+            out.push(FLOAT);
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        Value::String(s) => {
+            out.push(STRING);
+            write_bytes(out, s.as_bytes());
+        }
+        Value::Bytes(b) => {
+            out.push(BYTES);
+            write_bytes(out, b);
+        }
+        Value::List(items) => {
+            out.push(LIST);
+            write_len(out, items.len() as u64);
+            for item in items {
+                write(out, item);
+            }
+        }
+        Value::Map(map) => {
+            out.push(MAP);
+            write_len(out, map.len() as u64);
+            for (key, item) in map {
+                write_bytes(out, key.as_bytes());
+                write(out, item);
+            }
+        }
+        Value::Ref(id) => {
+            out.push(REF);
+            out.extend_from_slice(id.as_bytes());
+        }
+    }
+}
+
+fn read_len(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        n |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+fn read_slice<'a>(bytes: &'a [u8], at: &mut usize, len: usize) -> Option<&'a [u8]> {
+    let slice = bytes.get(*at..at.checked_add(len)?)?;
+    *at += len;
+    Some(slice)
+}
+
+fn read_bytes<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::try_from(read_len(bytes, at)?).ok()?;
+    read_slice(bytes, at, len)
+}
+
+fn read_string(bytes: &[u8], at: &mut usize) -> Option<String> {
+    String::from_utf8(read_bytes(bytes, at)?.to_vec()).ok()
+}
+
+fn read(bytes: &[u8], at: &mut usize) -> Option<Value> {
+    let tag = *bytes.get(*at)?;
+    *at += 1;
+    Some(match tag {
+        NULL => Value::Null,
+        FALSE => Value::Bool(false),
+        TRUE => Value::Bool(true),
+        INT => {
+            let z = read_len(bytes, at)?;
+            Value::Int(((z >> 1) as i64) ^ -((z & 1) as i64))
+        }
+        FLOAT => {
+            let raw: [u8; 8] = read_slice(bytes, at, 8)?.try_into().ok()?;
+            Value::Float(f64::from_bits(u64::from_le_bytes(raw)))
+        }
+        STRING => Value::String(read_string(bytes, at)?),
+        BYTES => Value::Bytes(read_bytes(bytes, at)?.to_vec()),
+        LIST => {
+            let len = usize::try_from(read_len(bytes, at)?).ok()?;
+            // Every item takes at least one byte, so a damaged length cannot over-allocate.
+            let mut items = Vec::with_capacity(len.min(bytes.len()));
+            for _ in 0..len {
+                items.push(read(bytes, at)?);
+            }
+            Value::List(items)
+        }
+        MAP => {
+            let len = read_len(bytes, at)?;
+            let mut map = BTreeMap::new();
+            for _ in 0..len {
+                let key = read_string(bytes, at)?;
+                map.insert(key, read(bytes, at)?);
+            }
+            Value::Map(map)
+        }
+        REF => {
+            let raw = read_slice(bytes, at, OBJECT_ID_LEN)?;
+            Value::Ref(ObjectId::from_slice(raw).ok()?)
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips() {
+        let id = ObjectId::from_bytes([7; OBJECT_ID_LEN]);
+        let value = Value::Map(BTreeMap::from([
+            ("null".to_owned(), Value::Null),
+            ("yes".to_owned(), Value::Bool(true)),
+            ("no".to_owned(), Value::Bool(false)),
+            ("min".to_owned(), Value::Int(i64::MIN)),
+            ("max".to_owned(), Value::Int(i64::MAX)),
+            ("neg".to_owned(), Value::Int(-3)),
+            ("float".to_owned(), Value::Float(-0.5)),
+            ("inf".to_owned(), Value::Float(f64::INFINITY)),
+            ("text".to_owned(), Value::String("héllo".to_owned())),
+            ("bytes".to_owned(), Value::Bytes(vec![0, 255, 3])),
+            (
+                "list".to_owned(),
+                Value::List(vec![Value::Ref(id), Value::Map(BTreeMap::new())]),
+            ),
+        ]));
+        assert_eq!(CompactValue::encode(&value).decode(), value);
+        let nan = CompactValue::encode(&Value::Float(f64::NAN)).decode();
+        assert!(matches!(nan, Value::Float(f) if f.is_nan()));
+    }
+
+    #[test]
+    fn damaged_bytes_read_as_null() {
+        let damaged = CompactValue(Box::new([MAP, 5, 1]));
+        assert_eq!(damaged.decode(), Value::Null);
+    }
+}
