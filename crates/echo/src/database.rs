@@ -1,6 +1,7 @@
 //! The sans-IO object database of one space: applies data blocks, serves reads and queries,
 //! feeds subscriptions, and builds local writes.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use yrs::{ReadTxn as _, StateVector, Transact as _, Update};
 use crate::error::{ApplyError, ReadError};
 use crate::id::ObjectId;
 use crate::index::{IndexPolicy, Indexes};
-use crate::model::{Model, ModelRegistry, materialize_doc};
+use crate::model::{Model, ModelRegistry, ObjectModel, materialize_doc, materialize_update};
 use crate::query::{self, Query};
 use crate::subscription::{Event, Subscription, SubscriptionId, Subscriptions};
 use crate::value::Value;
@@ -146,21 +147,60 @@ pub(crate) enum Op {
         model: Arc<str>,
         parent: Option<ObjectId>,
     },
-    /// The decoded update, and its bytes (a document holding only this update is stored as
-    /// them, without encoding it again).
-    Update(Update, bytes::Bytes),
+    /// The update and its bytes (a document holding only this update is stored as them,
+    /// without encoding it again): decoded by yrs, or, for an update that only sets top-level
+    /// scalar fields of an `object`, read as the value it gives an empty document (the same
+    /// reading yrs does; yrs decodes it when it goes into a document).
+    Update(UpdateOp, bytes::Bytes),
     SetParent(Option<ObjectId>),
     Delete,
     Restore,
 }
 
+/// What an object contributed to the indexes before a block or commit touched it.
+#[derive(Debug)]
+pub(crate) enum OldEntries {
+    /// Computed when first touched (the object did not exist, or is being rebuilt).
+    Entries(IndexEntries),
+    /// The record as it was when first touched. Its value is still `record.value` when
+    /// [`Database::finish`] runs (only `finish` changes it), so the entries are computed then,
+    /// and only if they are needed.
+    Record {
+        type_name: Arc<str>,
+        model: Arc<str>,
+        parent: Option<ObjectId>,
+    },
+}
+
+impl Default for OldEntries {
+    fn default() -> Self {
+        Self::Entries(IndexEntries::default())
+    }
+}
+
+/// How an update mutation was checked.
+#[derive(Debug)]
+pub(crate) enum UpdateOp {
+    /// Decoded by yrs.
+    Decoded(Update),
+    /// Read by [`materialize_update`]: the value it gives an empty `object` document.
+    Fields(Value),
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct TouchState {
-    old: IndexEntries,
+    pub(crate) old: OldEntries,
     created: bool,
     content: bool,
     parent: bool,
     deleted: bool,
+    /// The content changed in a way only a whole materialization tells.
+    whole: bool,
+    /// Top-level fields local writes set (`Some`) or removed (`None`), in order; when the
+    /// content changed only through these, the new value is the old one with them applied.
+    sets: Vec<(String, Option<Value>)>,
+    /// The value, when the content changed only by one update read without a document.
+    decoded: Option<Value>,
 }
 
 /// Objects touched by one block or commit, in first-touch order.
@@ -172,22 +212,36 @@ pub(crate) struct Touched {
 
 impl Touched {
     fn state(&mut self, db: &Database, id: ObjectId) -> &mut TouchState {
-        if !self.states.contains_key(&id) {
+        self.state_with(db, id, false)
+    }
+
+    /// Like [`Touched::state`], computing the old index entries at once (for objects about
+    /// to be forgotten).
+    pub(crate) fn state_eager(&mut self, db: &Database, id: ObjectId) -> &mut TouchState {
+        self.state_with(db, id, true)
+    }
+
+    fn state_with(&mut self, db: &Database, id: ObjectId, eager: bool) -> &mut TouchState {
+        self.state_of(id, || match db.objects.get(&id) {
+            None => OldEntries::default(),
+            Some(r) if eager => OldEntries::Entries(db.indexes.entries(r)),
+            Some(r) => OldEntries::Record {
+                type_name: r.type_name.clone(),
+                model: r.model.clone(),
+                parent: r.parent.value,
+            },
+        })
+    }
+
+    /// The state of `id`, first touched now with what `old` tells if it was not yet.
+    fn state_of(&mut self, id: ObjectId, old: impl FnOnce() -> OldEntries) -> &mut TouchState {
+        self.states.entry(id).or_insert_with(|| {
             self.order.push(id);
-            let old = db
-                .objects
-                .get(&id)
-                .map(|r| db.indexes.entries(r))
-                .unwrap_or_default();
-            self.states.insert(
-                id,
-                TouchState {
-                    old,
-                    ..TouchState::default()
-                },
-            );
-        }
-        self.states.entry(id).or_default()
+            TouchState {
+                old: old(),
+                ..TouchState::default()
+            }
+        })
     }
 }
 
@@ -239,7 +293,22 @@ fn parse_id(bytes: &[u8], what: &str) -> Result<ObjectId, String> {
     ObjectId::from_slice(bytes).map_err(|e| format!("{what}: {e}"))
 }
 
-fn check_op(m: &echodb_proto::db::Mutation) -> Result<(ObjectId, Op), String> {
+/// The type and model names of the last `Create` checked, so that the objects a block creates
+/// share one allocation of each name.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    type_name: Option<Arc<str>>,
+    model: Option<Arc<str>>,
+}
+
+fn intern(slot: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
+    match slot {
+        Some(held) if &**held == name => held.clone(),
+        _ => slot.insert(Arc::from(name)).clone(),
+    }
+}
+
+fn check_op(m: &echodb_proto::db::Mutation, names: &mut Names) -> Result<(ObjectId, Op), String> {
     let id = parse_id(&m.object_id, "object id")?;
     let parent = |p: &Option<bytes::Bytes>| -> Result<Option<ObjectId>, String> {
         p.as_ref().map(|p| parse_id(p, "parent id")).transpose()
@@ -251,13 +320,19 @@ fn check_op(m: &echodb_proto::db::Mutation) -> Result<(ObjectId, Op), String> {
                 return Err("create needs a type name and a model".to_owned());
             }
             Op::Create {
-                type_name: Arc::from(c.type_name.as_str()),
-                model: Arc::from(c.model.as_str()),
+                type_name: intern(&mut names.type_name, &c.type_name),
+                model: intern(&mut names.model, &c.model),
                 parent: parent(&c.parent)?,
             }
         }
         Some(mutation::Op::Update(u)) => Op::Update(
-            Update::decode_v1(&u.update).map_err(|e| format!("malformed CRDT update: {e}"))?,
+            match materialize_update(&u.update) {
+                Some(value) => UpdateOp::Fields(value),
+                None => UpdateOp::Decoded(
+                    Update::decode_v1(&u.update)
+                        .map_err(|e| format!("malformed CRDT update: {e}"))?,
+                ),
+            },
             // A copy, not a slice of the block: a parked mutation must not pin its whole block.
             bytes::Bytes::copy_from_slice(&u.update),
         ),
@@ -330,8 +405,9 @@ impl Database {
         mutations: &Mutations,
     ) -> Result<ApplyReport, ApplyError> {
         let mut ops = Vec::with_capacity(mutations.mutations.len());
+        let mut names = Names::default();
         for (index, m) in mutations.mutations.iter().enumerate() {
-            match check_op(m) {
+            match check_op(m, &mut names) {
                 Ok(op) => ops.push(op),
                 Err(reason) => {
                     tracing::warn!(feed = %origin.feed.short(), seq = %origin.seq, index, %reason, "refusing data block");
@@ -411,28 +487,33 @@ impl Database {
             parent,
         } = op
         {
-            let state_created;
-            let exists = self.objects.contains_key(&id);
-            touched.state(self, id);
-            if let Some(record) = self.objects.get_mut(&id) {
-                let mut content = false;
-                if stamp < record.created {
-                    content = record.model != model;
-                    record.type_name = type_name;
-                    record.model = model;
-                    record.created = stamp;
+            // One lookup of the object (a random id in a large tree costs cache misses).
+            match self.objects.entry(id) {
+                Entry::Occupied(mut entry) => {
+                    let record = entry.get_mut();
+                    let state = touched.state_of(id, || OldEntries::Record {
+                        type_name: record.type_name.clone(),
+                        model: record.model.clone(),
+                        parent: record.parent.value,
+                    });
+                    let mut content = false;
+                    if stamp < record.created {
+                        content = record.model != model;
+                        record.type_name = type_name;
+                        record.model = model;
+                        record.created = stamp;
+                    }
+                    state.content |= content;
+                    state.whole |= content;
+                    if content {
+                        state.decoded = None;
+                    }
+                    state.parent |= record.parent.offer(parent, stamp);
+                    state.deleted |= record.deleted.offer(false, stamp);
                 }
-                let parent_changed = record.parent.offer(parent, stamp);
-                let deleted_changed = record.deleted.offer(false, stamp);
-                let state = touched.state(self, id);
-                state.content |= content;
-                state.parent |= parent_changed;
-                state.deleted |= deleted_changed;
-                state_created = false;
-            } else {
-                self.objects.insert(
-                    id,
-                    ObjectRecord {
+                Entry::Vacant(entry) => {
+                    let state = touched.state_of(id, OldEntries::default);
+                    entry.insert(ObjectRecord {
                         type_name,
                         model,
                         created: stamp,
@@ -446,13 +527,12 @@ impl Database {
                         },
                         state: Box::default(),
                         value: CompactValue::default(),
-                    },
-                );
-                state_created = true;
+                    });
+                    state.created = true;
+                    state.content = true;
+                    state.whole = true;
+                }
             }
-            let state = touched.state(self, id);
-            state.created |= state_created && !exists;
-            state.content |= state_created;
             if let Some(waiting) = self.parked.remove(&id) {
                 self.parked_len -= waiting.len();
                 for (stamp, op) in waiting {
@@ -469,7 +549,27 @@ impl Database {
             }
             return Ok(true);
         }
-        if !self.objects.contains_key(&id) {
+        let op = match op {
+            Op::Update(UpdateOp::Fields(value), bytes) => {
+                match self.apply_without_document(id, &bytes, value, touched) {
+                    Ok(()) => return Ok(true),
+                    Err(()) => {
+                        let update = Update::decode_v1(&bytes)
+                            .map_err(|e| format!("malformed CRDT update: {e}"))?;
+                        Op::Update(UpdateOp::Decoded(update), bytes)
+                    }
+                }
+            }
+            op => op,
+        };
+        // An update hydrates the document first; that also tells whether the object exists.
+        let exists = if matches!(op, Op::Update(..)) {
+            let client = client_id_of(&self.writer);
+            self.docs.hydrate(&mut self.objects, id, client).is_some()
+        } else {
+            self.objects.contains_key(&id)
+        };
+        if !exists {
             if self.parked_len >= self.config.max_parked {
                 return Err(format!(
                     "object {id} does not exist and {} mutations already wait for their objects",
@@ -486,8 +586,12 @@ impl Database {
         let (content, parent, deleted) = match op {
             Op::Create { .. } => (false, false, false),
             Op::Update(update, bytes) => {
-                let client = client_id_of(&self.writer);
-                let Some(doc) = self.docs.hydrate(&mut self.objects, id, client) else {
+                let update = match update {
+                    UpdateOp::Decoded(update) => update,
+                    UpdateOp::Fields(_) => Update::decode_v1(&bytes)
+                        .map_err(|e| format!("malformed CRDT update: {e}"))?,
+                };
+                let Some(doc) = self.docs.get(&id) else {
                     return Ok(false);
                 };
                 // Causal delivery (the pipeline's contract) means the update's past is here;
@@ -518,9 +622,44 @@ impl Database {
         };
         let state = touched.state(self, id);
         state.content |= content;
+        state.whole |= content;
+        if content {
+            state.decoded = None;
+        }
         state.parent |= parent;
         state.deleted |= deleted;
         Ok(true)
+    }
+
+    /// Applies an update to an `object` whose document holds nothing and is not hydrated, when
+    /// the update only sets top-level fields to scalars (`value`, what it gives the document):
+    /// the record keeps the update as its document and `value` as its value, without building a
+    /// document (what a replay does for most objects). `Err` when that does not apply.
+    fn apply_without_document(
+        &mut self,
+        id: ObjectId,
+        update: &[u8],
+        value: Value,
+        touched: &mut Touched,
+    ) -> Result<(), ()> {
+        if self.models.custom_object() || self.docs.get(&id).is_some() {
+            return Err(());
+        }
+        let Some(record) = self.objects.get_mut(&id) else {
+            return Err(());
+        };
+        if !record.state.is_empty() || &*record.model != ObjectModel::KIND {
+            return Err(());
+        }
+        let state = touched.state_of(id, || OldEntries::Record {
+            type_name: record.type_name.clone(),
+            model: record.model.clone(),
+            parent: record.parent.value,
+        });
+        record.state = update.into();
+        state.content = true;
+        state.decoded = Some(value);
+        Ok(())
     }
 
     /// Re-reads changed objects, updates the indexes and subscriptions; the changes in order.
@@ -531,48 +670,143 @@ impl Database {
             let Some(state) = states.remove(&id) else {
                 continue;
             };
-            let Some(record) = self.objects.get(&id) else {
+            let change = Change {
+                id,
+                created: state.created,
+                content: state.content,
+                parent: state.parent,
+                deleted: state.deleted,
+            };
+            let changed = change.created || change.content || change.parent || change.deleted;
+            if state.content
+                && !state.whole
+                && !state.sets.is_empty()
+                && self.finish_sets(id, &state)
+            {
+                changes.push(change);
+                continue;
+            }
+            if state.content && state.decoded.is_none() && self.docs.get(&id).is_none() {
+                // Evicted since it was written (a block touching more objects than the cache
+                // holds): hydrate it again to read it.
+                let client = client_id_of(&self.writer);
+                let _ = self.docs.hydrate(&mut self.objects, id, client);
+            }
+            // One lookup of the object (a random id in a large tree costs cache misses).
+            let Some(record) = self.objects.get_mut(&id) else {
                 continue;
             };
+            if changed {
+                changes.push(change);
+            }
+            let old = match state.old {
+                OldEntries::Entries(entries) => entries,
+                OldEntries::Record {
+                    type_name,
+                    model,
+                    parent,
+                } => self
+                    .indexes
+                    .entries_of(&type_name, &model, parent, &record.value()),
+            };
             let value = if state.content {
-                let materialize = self.models.get(&record.model);
-                let value = match materialize {
-                    Some(materialize) => {
-                        let client = client_id_of(&self.writer);
-                        match self.docs.hydrate(&mut self.objects, id, client) {
-                            Some(doc) => materialize_doc(doc, materialize),
-                            None => Value::Null,
-                        }
-                    }
-                    None => Value::Null,
-                };
-                let Some(record) = self.objects.get_mut(&id) else {
-                    continue;
+                let value = match (state.decoded, self.models.get(&record.model)) {
+                    (Some(value), _) => value,
+                    (None, Some(materialize)) => match self.docs.get(&id) {
+                        Some(doc) => materialize_doc(doc, materialize),
+                        None => Value::Null,
+                    },
+                    (None, None) => Value::Null,
                 };
                 record.value = CompactValue::encode(&value);
                 value
             } else {
                 record.value()
             };
-            let Some(record) = self.objects.get(&id) else {
-                continue;
-            };
             let new = self.indexes.entries_with(record, &value);
-            self.indexes.update(id, &state.old, &new);
-            if state.created || state.content || state.parent || state.deleted {
-                changes.push(Change {
-                    id,
-                    created: state.created,
-                    content: state.content,
-                    parent: state.parent,
-                    deleted: state.deleted,
-                });
-            }
+            self.indexes.update(id, &old, &new);
         }
         if !changes.is_empty() {
             self.notify(&changes);
         }
         changes
+    }
+
+    /// Applies the top-level field sets of local writes to an `object`'s compact value and
+    /// updates the indexes for those fields only. `false` (nothing changed) when that does not
+    /// apply and the object must be materialized whole.
+    fn finish_sets(&mut self, id: ObjectId, state: &TouchState) -> bool {
+        let OldEntries::Record {
+            type_name: old_type,
+            model: old_model,
+            parent: old_parent,
+        } = &state.old
+        else {
+            return false;
+        };
+        let Some(record) = self.objects.get(&id) else {
+            return false;
+        };
+        if &*record.model != ObjectModel::KIND
+            || **old_model != *record.model
+            || self.models.custom_object()
+        {
+            return false;
+        }
+        let mut changes: Vec<(&str, Option<&Value>)> = state
+            .sets
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_ref()))
+            .collect();
+        // In key order, the last write of each field only (the sort is stable).
+        changes.sort_by(|a, b| a.0.cmp(b.0));
+        changes.reverse();
+        changes.dedup_by(|a, b| a.0 == b.0);
+        changes.reverse();
+        let Some(new_value) = record.value.with_fields(&changes) else {
+            return false;
+        };
+        let mut refs = false;
+        let mut fields = Vec::new();
+        for (name, new) in &changes {
+            let old = record.value.field(name);
+            let mut found = Vec::new();
+            if let Some(old) = &old {
+                old.collect_refs(&mut found);
+            }
+            if let Some(new) = new {
+                new.collect_refs(&mut found);
+            }
+            refs |= !found.is_empty();
+            let old = old.as_ref().and_then(Value::scalar_key);
+            let new = new.and_then(Value::scalar_key);
+            if old != new {
+                fields.push((name, old, new));
+            }
+        }
+        let old_refs = refs.then(|| record.value.decode());
+        let type_name = record.type_name.clone();
+        let parent = record.parent.value;
+        // Type and parent as entries without fields or references: `update` moves only those.
+        let bare = |type_name: &Arc<str>, parent| IndexEntries {
+            type_name: Some(type_name.clone()),
+            parent,
+            refs: Vec::new(),
+            fields: Vec::new(),
+        };
+        self.indexes
+            .update(id, &bare(old_type, *old_parent), &bare(&type_name, parent));
+        for (name, old, new) in fields {
+            self.indexes.update_field(id, name, old, new);
+        }
+        if let Some(old_value) = old_refs {
+            let new_refs = new_value.decode();
+            self.indexes.update_refs(id, &old_value, &new_refs);
+        }
+        if let Some(record) = self.objects.get_mut(&id) {
+            record.value = new_value;
+        }
+        true
     }
 
     fn notify(&mut self, changes: &[Change]) {

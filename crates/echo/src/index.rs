@@ -63,12 +63,20 @@ impl Indexes {
 
     /// What `record`, whose materialized value is `value`, contributes to the indexes.
     pub(crate) fn entries_with(&self, record: &ObjectRecord, value: &Value) -> IndexEntries {
-        let mut refs = Vec::new();
-        value.collect_refs(&mut refs);
-        refs.sort();
-        refs.dedup();
+        self.entries_of(&record.type_name, &record.model, record.parent.value, value)
+    }
+
+    /// What an object of this type, model, parent and value contributes to the indexes.
+    pub(crate) fn entries_of(
+        &self,
+        type_name: &Arc<str>,
+        model: &str,
+        parent: Option<ObjectId>,
+        value: &Value,
+    ) -> IndexEntries {
+        let refs = refs_of(value);
         let mut fields = Vec::new();
-        if &*record.model == ObjectModel::KIND
+        if model == ObjectModel::KIND
             && let Value::Map(map) = value
         {
             for (name, value) in map {
@@ -80,10 +88,58 @@ impl Indexes {
             }
         }
         IndexEntries {
-            type_name: Some(record.type_name.clone()),
-            parent: record.parent.value,
+            type_name: Some(type_name.clone()),
+            parent,
             refs,
             fields,
+        }
+    }
+
+    /// Moves `id` in the value index of one top-level field from `old` to `new` (`None`: not
+    /// a scalar, or absent).
+    pub(crate) fn update_field(
+        &mut self,
+        id: ObjectId,
+        name: &str,
+        old: Option<ScalarKey>,
+        new: Option<ScalarKey>,
+    ) {
+        if old == new || !self.policy.covers(name) {
+            return;
+        }
+        if let Some(key) = old
+            && let Some(set) = self.fields.get_mut(name)
+        {
+            set.remove(&(key, id));
+            if set.is_empty() {
+                self.fields.remove(name);
+            }
+        }
+        if let Some(key) = new {
+            match self.fields.get_mut(name) {
+                Some(set) => {
+                    set.insert((key, id));
+                }
+                None => {
+                    self.fields
+                        .insert(name.to_owned(), BTreeSet::from([(key, id)]));
+                }
+            }
+        }
+    }
+
+    /// Replaces the back-references of `id` from its value `old` by those from `new`.
+    pub(crate) fn update_refs(&mut self, id: ObjectId, old: &Value, new: &Value) {
+        let old = refs_of(old);
+        let new = refs_of(new);
+        if old == new {
+            return;
+        }
+        for target in &old {
+            self.back_refs.remove(&(*target, id));
+        }
+        for target in &new {
+            self.back_refs.insert((*target, id));
         }
     }
 
@@ -142,10 +198,16 @@ impl Indexes {
                 }
             }
             for (name, key) in new.fields.iter().filter(|f| !old.fields.contains(f)) {
-                self.fields
-                    .entry(name.clone())
-                    .or_default()
-                    .insert((key.clone(), id));
+                // Look up by `&str` first: the name is copied only for a new index.
+                match self.fields.get_mut(name.as_str()) {
+                    Some(set) => {
+                        set.insert((key.clone(), id));
+                    }
+                    None => {
+                        self.fields
+                            .insert(name.clone(), BTreeSet::from([(key.clone(), id)]));
+                    }
+                }
             }
         }
     }
@@ -237,6 +299,15 @@ impl Indexes {
                 .collect()
         }
     }
+}
+
+/// The objects a value refers to, sorted, each once.
+fn refs_of(value: &Value) -> Vec<ObjectId> {
+    let mut refs = Vec::new();
+    value.collect_refs(&mut refs);
+    refs.sort();
+    refs.dedup();
+    refs
 }
 
 /// Whether two keys are of the same kind for ordering comparisons.

@@ -21,6 +21,7 @@ pub use object::{ObjectModel, ObjectOp};
 pub use text::{TextModel, TextOp};
 
 pub(crate) use convert::same_value;
+pub(crate) use object::materialize_update;
 
 /// A CRDT model of object state, stored in the object's yrs document.
 ///
@@ -88,12 +89,16 @@ pub(crate) type MaterializeFn = for<'a, 'b> fn(&'a Transaction<'b>) -> Value;
 #[derive(Debug, Clone)]
 pub(crate) struct ModelRegistry {
     kinds: BTreeMap<&'static str, MaterializeFn>,
+    /// Whether a custom model took the `object` kind (the database then reads `object`
+    /// documents only through it).
+    custom_object: bool,
 }
 
 impl Default for ModelRegistry {
     fn default() -> Self {
         let mut registry = Self {
             kinds: BTreeMap::new(),
+            custom_object: false,
         };
         registry.register::<ObjectModel>();
         registry.register::<TextModel>();
@@ -104,7 +109,16 @@ impl Default for ModelRegistry {
 
 impl ModelRegistry {
     pub(crate) fn register<M: Model>(&mut self) {
+        if M::KIND == ObjectModel::KIND {
+            self.custom_object =
+                std::any::TypeId::of::<M>() != std::any::TypeId::of::<ObjectModel>();
+        }
         self.kinds.insert(M::KIND, M::materialize);
+    }
+
+    /// Whether `object` documents are read by a custom model instead of [`ObjectModel`].
+    pub(crate) fn custom_object(&self) -> bool {
+        self.custom_object
     }
 
     pub(crate) fn get(&self, kind: &str) -> Option<MaterializeFn> {

@@ -29,6 +29,9 @@ enum Staged {
     Edit {
         id: ObjectId,
         edit: Edit,
+        /// The top-level fields of an `object` the edit sets (`Some`) or removes (`None`), when
+        /// that is all it does: the object's new value then needs no materialization.
+        sets: Option<Vec<(String, Option<Value>)>>,
     },
     SetParent {
         id: ObjectId,
@@ -95,6 +98,27 @@ fn to_fields(
             type_name: type_name.to_owned(),
             reason: format!("it serializes to a {}", other.kind()),
         }),
+    }
+}
+
+/// The top-level fields an `object` operation leaves set to a known value (`Some`) or removed
+/// (`None`), when that is all it does. A local write's value is the one read back: the new
+/// entry of a map key wins over every entry the document holds, and `Patch` diffs nested maps
+/// and lists until they equal the given ones.
+fn top_level_sets(op: &ObjectOp) -> Option<Vec<(String, Option<Value>)>> {
+    let top = |path: &str| !path.is_empty() && !path.contains('.');
+    match op {
+        ObjectOp::Set { path, value } if top(path) => {
+            Some(vec![(path.clone(), Some(value.clone()))])
+        }
+        ObjectOp::Remove { path } if top(path) => Some(vec![(path.clone(), None)]),
+        ObjectOp::Patch { set, remove } => Some(
+            set.iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .chain(remove.iter().map(|k| (k.clone(), None)))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 
@@ -224,6 +248,18 @@ impl<'db> Batch<'db> {
     where
         M::Op: 'static,
     {
+        self.edit_with::<M>(id, op, None)
+    }
+
+    fn edit_with<M: Model>(
+        &mut self,
+        id: ObjectId,
+        op: M::Op,
+        sets: Option<Vec<(String, Option<Value>)>>,
+    ) -> Result<(), WriteError>
+    where
+        M::Op: 'static,
+    {
         let seen = self.live(id)?;
         if &*seen.model != M::KIND {
             return Err(WriteError::ModelMismatch {
@@ -235,6 +271,7 @@ impl<'db> Batch<'db> {
         self.staged.push(Staged::Edit {
             id,
             edit: Box::new(move |txn| M::apply_op(txn, &op)),
+            sets,
         });
         Ok(())
     }
@@ -248,7 +285,8 @@ impl<'db> Batch<'db> {
             ObjectOp::Remove { .. } | ObjectOp::ListRemove { .. } => Vec::new(),
         };
         self.check_refs(id, &values)?;
-        self.edit::<ObjectModel>(id, op)
+        let sets = top_level_sets(&op);
+        self.edit_with::<ObjectModel>(id, op, sets)
     }
 
     /// Sets the field at a dotted path of an `object` (untyped access).
@@ -433,7 +471,7 @@ impl<'db> Batch<'db> {
                         parent,
                     },
                 ),
-                Staged::Edit { id, edit } => {
+                Staged::Edit { id, edit, sets } => {
                     touched.state(db, id);
                     let client = client_id_of(&db.writer);
                     let Some(doc) = db.docs.hydrate(&mut db.objects, id, client) else {
@@ -455,7 +493,15 @@ impl<'db> Batch<'db> {
                     let update = txn.encode_update_v1();
                     drop(txn);
                     db.docs.note_update(&id, Some(&update));
-                    touched.state(db, id).content = true;
+                    let state = touched.state(db, id);
+                    state.content = true;
+                    if state.decoded.take().is_some() {
+                        state.whole = true;
+                    }
+                    match sets {
+                        Some(sets) if !state.whole => state.sets.extend(sets),
+                        _ => state.whole = true,
+                    }
                     mutations.push(Mutation {
                         object_id: Bytes::copy_from_slice(id.as_bytes()),
                         op: Some(mutation::Op::Update(pb::Update {

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use echodb_proto::db::Mutations;
 
 use crate::database::record::IndexEntries;
-use crate::database::{BlockOrigin, Change, Database, ObjectView, Touched, check_op};
+use crate::database::{
+    BlockOrigin, Change, Database, Names, ObjectView, OldEntries, TouchState, Touched, check_op,
+};
 use crate::id::ObjectId;
 use crate::subscription::Event;
 
@@ -39,7 +41,7 @@ impl Database {
             if let Some(view) = self.view(*id) {
                 before.insert(*id, view);
             }
-            touched.state(self, *id);
+            touched.state_eager(self, *id);
             self.objects.remove(id);
             self.docs.forget(id);
             if let Some(waiting) = self.parked.remove(id) {
@@ -50,8 +52,9 @@ impl Database {
         for (origin, mutations) in blocks {
             let mut ops = Vec::new();
             let mut bad = None;
+            let mut names = Names::default();
             for (index, m) in mutations.mutations.iter().enumerate() {
-                match check_op(m) {
+                match check_op(m, &mut names) {
                     Ok((id, op)) => {
                         if ids.contains(&id) {
                             ops.push((index, id, op));
@@ -85,15 +88,19 @@ impl Database {
                 state.created = false;
             }
             state.content |= exists;
+            state.whole |= exists;
         }
         let mut vanished = Vec::new();
         for id in ids {
             if self.objects.contains_key(id) {
                 continue;
             }
-            if let Some(state) = touched.states.remove(id) {
-                self.indexes
-                    .update(*id, &state.old, &IndexEntries::default());
+            if let Some(TouchState {
+                old: OldEntries::Entries(old),
+                ..
+            }) = touched.states.remove(id)
+            {
+                self.indexes.update(*id, &old, &IndexEntries::default());
             }
             touched.order.retain(|o| o != id);
             if before.contains_key(id) {

@@ -11,6 +11,59 @@ use crate::value::Value;
 /// Name of the root map holding the fields.
 const ROOT: &str = "fields";
 
+/// The value [`ObjectModel::materialize`] reads from a document holding only `update` (v1),
+/// read from the update's bytes without building a document, when the update only sets
+/// distinct top-level fields to scalars from the start of one client's history; `None` for
+/// anything else (the caller then goes through a document).
+pub(crate) fn materialize_update(update: &[u8]) -> Option<Value> {
+    use yrs::encoding::read::Read as _;
+    use yrs::updates::decoder::{Decoder as _, DecoderV1};
+    // Info byte: bits 8 and 7 say the item has a left or right origin, bit 6 a parent key
+    // (a map entry); the low five bits give the content kind, 8 being `Any`.
+    const ORIGINS: u8 = 0b1100_0000;
+    const PARENT_SUB: u8 = 0b0010_0000;
+    const ANY: u8 = 8;
+    let mut decoder = DecoderV1::from(update);
+    let clients: u32 = decoder.read_var().ok()?;
+    if clients != 1 {
+        return None;
+    }
+    let items: u32 = decoder.read_var().ok()?;
+    let _client = decoder.read_client().ok()?;
+    let clock: u32 = decoder.read_var().ok()?;
+    if clock != 0 || items == 0 {
+        return None;
+    }
+    let mut fields = BTreeMap::new();
+    for _ in 0..items {
+        let info = decoder.read_info().ok()?;
+        if info & ORIGINS != 0 || info & PARENT_SUB == 0 || info & 0b1_1111 != ANY {
+            return None;
+        }
+        // The parent: a root type by name.
+        if !decoder.read_parent_info().ok()? || decoder.read_string().ok()? != ROOT {
+            return None;
+        }
+        let key = decoder.read_string().ok()?.to_owned();
+        if decoder.read_len().ok()? != 1 {
+            return None;
+        }
+        let any = decoder.read_any().ok()?;
+        if fields
+            .insert(key, crate::model::convert::any_to_value(&any))
+            .is_some()
+        {
+            return None;
+        }
+    }
+    // No deletions.
+    let deleted: u32 = decoder.read_var().ok()?;
+    if deleted != 0 {
+        return None;
+    }
+    Some(Value::Map(fields))
+}
+
 /// The `object` model: fields of typed [`Value`]s; concurrent sets of one field resolve to one
 /// winner on every replica, sets of different fields (also inside nested maps) merge, and
 /// concurrent list inserts interleave.
@@ -168,5 +221,92 @@ impl Model for ObjectModel {
             Some(map) => Value::Map(map_to_value(txn, &map)),
             None => Value::Map(BTreeMap::new()),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use yrs::{Doc, ReadTxn as _, Transact as _, Update, updates::decoder::Decode as _};
+
+    use super::*;
+    use crate::id::ObjectId;
+
+    /// The update of one local operation on a fresh document.
+    fn update_of(ops: &[ObjectOp]) -> Vec<u8> {
+        let doc = Doc::with_client_id(7);
+        let mut txn = doc.transact_mut();
+        for op in ops {
+            ObjectModel::apply_op(&mut txn, op).unwrap();
+        }
+        txn.encode_update_v1()
+    }
+
+    fn through_document(update: &[u8]) -> Value {
+        let doc = Doc::with_client_id(9);
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).unwrap())
+            .unwrap();
+        ObjectModel::materialize(&doc.transact())
+    }
+
+    fn patch(fields: &[(&str, Value)]) -> ObjectOp {
+        ObjectOp::Patch {
+            set: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            remove: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_update_of_scalar_fields_reads_without_a_document() {
+        let id = ObjectId::from_bytes([3; 16]);
+        let scalars = patch(&[
+            ("n", Value::Int(-5)),
+            ("big", Value::Int(i64::MAX)),
+            ("f", Value::Float(0.25)),
+            ("s", Value::String("é x".into())),
+            ("b", Value::Bytes(vec![1, 2])),
+            ("r", Value::Ref(id)),
+            ("null", Value::Null),
+            ("yes", Value::Bool(true)),
+        ]);
+        let update = update_of(std::slice::from_ref(&scalars));
+        let read = materialize_update(&update);
+        assert!(read.is_some());
+        assert_eq!(read, Some(through_document(&update)));
+
+        // Anything else goes through a document (`None`), never a different value.
+        let cases = [
+            vec![patch(&[("l", Value::List(vec![Value::Int(1)]))])],
+            vec![patch(&[("m", Value::Map(BTreeMap::new()))])],
+            vec![
+                patch(&[("n", Value::Int(1))]),
+                patch(&[("n", Value::Int(2))]),
+            ],
+            vec![
+                patch(&[("n", Value::Int(1))]),
+                ObjectOp::Remove { path: "n".into() },
+            ],
+            vec![ObjectOp::Set {
+                path: "a.b".into(),
+                value: Value::Int(1),
+            }],
+        ];
+        for ops in cases {
+            let update = update_of(&ops);
+            if let Some(read) = materialize_update(&update) {
+                assert_eq!(read, through_document(&update), "{ops:?}");
+            }
+        }
+        // A second update of the same client starts past clock 0.
+        let doc = Doc::with_client_id(7);
+        ObjectModel::apply_op(&mut doc.transact_mut(), &scalars).unwrap();
+        let before = doc.transact().state_vector();
+        ObjectModel::apply_op(&mut doc.transact_mut(), &patch(&[("z", Value::Int(1))])).unwrap();
+        let second = doc.transact().encode_state_as_update_v1(&before);
+        assert_eq!(materialize_update(&second), None);
     }
 }

@@ -47,6 +47,122 @@ impl CompactValue {
     }
 }
 
+impl CompactValue {
+    /// The value of a top-level field, if this is a map holding it.
+    pub(crate) fn field(&self, name: &str) -> Option<Value> {
+        let mut found = None;
+        for_each_entry(&self.0, |key, raw| {
+            if found.is_none() && key == name.as_bytes() {
+                found = Some(raw);
+            }
+        })?;
+        let mut at = 0;
+        read(found?, &mut at)
+    }
+
+    /// This map with top-level fields set (`Some`) or removed (`None`), given in key order and
+    /// each once: the same bytes as encoding the changed map whole. `None` when this is not a
+    /// map.
+    pub(crate) fn with_fields(&self, changes: &[(&str, Option<&Value>)]) -> Option<Self> {
+        let entries = map_entries(&self.0)?;
+        // The number of entries after the changes, written first.
+        let mut count = entries.len() as u64;
+        {
+            let mut old = entries.iter().peekable();
+            for (name, value) in changes {
+                while old.next_if(|(k, _)| *k < name.as_bytes()).is_some() {}
+                let present = old.next_if(|(k, _)| *k == name.as_bytes()).is_some();
+                match (present, value.is_some()) {
+                    (true, false) => count -= 1,
+                    (false, true) => count += 1,
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(self.0.len() + 16);
+        out.push(MAP);
+        write_len(&mut out, count);
+        let mut old = entries.iter().peekable();
+        for (name, value) in changes {
+            while let Some((key, raw)) = old.next_if(|(k, _)| *k < name.as_bytes()) {
+                write_bytes(&mut out, key);
+                out.extend_from_slice(raw);
+            }
+            old.next_if(|(k, _)| *k == name.as_bytes());
+            if let Some(value) = value {
+                write_bytes(&mut out, name.as_bytes());
+                write(&mut out, value);
+            }
+        }
+        for (key, raw) in old {
+            write_bytes(&mut out, key);
+            out.extend_from_slice(raw);
+        }
+        Some(Self(out.into_boxed_slice()))
+    }
+}
+
+/// Calls `f` with each entry of a top-level map as (key bytes, encoded value), in stored (key)
+/// order; `None` when the bytes are not a well-formed map.
+fn for_each_entry<'a>(bytes: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> Option<()> {
+    if *bytes.first()? != MAP {
+        return None;
+    }
+    let mut at = 1;
+    let len = read_len(bytes, &mut at)?;
+    for _ in 0..len {
+        let key = read_bytes(bytes, &mut at)?;
+        let start = at;
+        skip(bytes, &mut at)?;
+        f(key, bytes.get(start..at)?);
+    }
+    Some(())
+}
+
+/// The entries of a top-level map as (key bytes, encoded value) in stored (key) order; `None`
+/// when the bytes are not a well-formed map.
+fn map_entries(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut entries = Vec::with_capacity(8);
+    for_each_entry(bytes, |key, raw| entries.push((key, raw)))?;
+    Some(entries)
+}
+
+/// Moves past one encoded value.
+fn skip(bytes: &[u8], at: &mut usize) -> Option<()> {
+    let tag = *bytes.get(*at)?;
+    *at += 1;
+    match tag {
+        NULL | FALSE | TRUE => {}
+        INT => {
+            read_len(bytes, at)?;
+        }
+        FLOAT => {
+            read_slice(bytes, at, 8)?;
+        }
+        STRING | BYTES => {
+            read_bytes(bytes, at)?;
+        }
+        LIST => {
+            let len = read_len(bytes, at)?;
+            for _ in 0..len {
+                skip(bytes, at)?;
+            }
+        }
+        MAP => {
+            let len = read_len(bytes, at)?;
+            for _ in 0..len {
+                read_bytes(bytes, at)?;
+                skip(bytes, at)?;
+            }
+        }
+        REF => {
+            read_slice(bytes, at, OBJECT_ID_LEN)?;
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
 fn write_len(out: &mut Vec<u8>, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;
@@ -205,6 +321,44 @@ mod tests {
         assert_eq!(CompactValue::encode(&value).decode(), value);
         let nan = CompactValue::encode(&Value::Float(f64::NAN)).decode();
         assert!(matches!(nan, Value::Float(f) if f.is_nan()));
+    }
+
+    #[test]
+    fn field_changes_match_whole_encoding() {
+        let id = ObjectId::from_bytes([9; OBJECT_ID_LEN]);
+        let base = BTreeMap::from([
+            ("b".to_owned(), Value::Int(2)),
+            (
+                "d".to_owned(),
+                Value::List(vec![Value::Ref(id), Value::Null]),
+            ),
+            ("f".to_owned(), Value::String("x".to_owned())),
+        ]);
+        let compact = CompactValue::encode(&Value::Map(base.clone()));
+        let nested = Value::Map(BTreeMap::from([("z".to_owned(), Value::Float(1.5))]));
+        let big = Value::Int(i64::MIN);
+        let changes: BTreeMap<&str, Option<&Value>> = BTreeMap::from([
+            ("a", Some(&nested)),
+            ("b", None),
+            ("c", Some(&big)),
+            ("f", Some(&big)),
+            ("g", None),
+            ("h", Some(&nested)),
+        ]);
+        let mut expected = base;
+        for (k, v) in &changes {
+            match v {
+                Some(v) => expected.insert((*k).to_owned(), (*v).clone()),
+                None => expected.remove(*k),
+            };
+        }
+        let expected = CompactValue::encode(&Value::Map(expected));
+        let sorted: Vec<(&str, Option<&Value>)> = changes.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(compact.with_fields(&sorted), Some(expected.clone()));
+        assert_eq!(expected.field("a").as_ref(), Some(&nested));
+        assert_eq!(expected.field("b"), None);
+        assert_eq!(expected.field("d").map(|v| v.kind()), Some("list"));
+        assert_eq!(CompactValue::default().with_fields(&sorted), None);
     }
 
     #[test]
