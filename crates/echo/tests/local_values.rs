@@ -7,40 +7,13 @@
 use std::collections::BTreeMap;
 
 use echodb_echo::{
-    BlockOrigin, Config, Database, Direction, FieldOp, Filter, Model as _, ObjectId, ObjectModel,
-    ObjectOp, Query, Value,
+    BlockOrigin, Database, Direction, FieldOp, Filter, Model as _, ObjectId, ObjectModel, ObjectOp,
+    Query, Value,
 };
-use echodb_halo::{KeyPair, PublicKey, Seq, Signer as _};
+mod common;
 
-fn feed(n: u8) -> PublicKey {
-    KeyPair::from_seed([n; 32]).public_key()
-}
-
-fn database(writer: PublicKey, hydrated: usize) -> Database {
-    Database::with_config(
-        writer,
-        Config {
-            hydrated_documents: hydrated,
-            ..Config::default()
-        },
-    )
-}
-
-/// A small deterministic generator (xorshift), so a failure replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use common::{Rng, database, feed};
+use echodb_halo::Seq;
 
 const OBJECTS: u8 = 12;
 const FIELDS: [&str; 5] = ["a", "b", "c", "d", "e"];
