@@ -54,6 +54,17 @@ pub enum BranchError {
     /// Reading the space's blocks failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The space was loaded from the snapshot of epoch `epoch`; views before its cut need the
+    /// blocks it replaced.
+    #[error(
+        "space {space}: the view is before the cut of epoch {epoch}, which this replica starts from"
+    )]
+    BeforeSnapshot {
+        /// The space.
+        space: PublicKey,
+        /// The epoch started from.
+        epoch: u64,
+    },
 }
 
 /// An in-memory fork of a space. See the module documentation.

@@ -24,6 +24,7 @@ use crate::value::compact::CompactValue;
 mod batch;
 mod rebuild;
 pub(crate) mod record;
+mod snapshot;
 
 pub use batch::{Batch, LocalCommit};
 pub use rebuild::RebuildReport;
@@ -273,12 +274,14 @@ pub struct Database {
 
 /// How yrs splits blocks depends on the order updates arrived in; integrating the whole state
 /// into a fresh document in one transaction lets yrs join every run that can be joined, which
-/// gives one encoding per state.
+/// gives one encoding per state. Deleted content is collected there (only its length stays):
+/// a snapshot keeps documents in this form, so a replica that starts from one holds the same
+/// canonical state as one that holds every update.
 fn canonical_document(state: Vec<u8>) -> Vec<u8> {
     let Ok(update) = Update::decode_v1(&state) else {
         return state;
     };
-    let fresh = new_doc(yrs::ClientID::new(0));
+    let fresh = record::new_collecting_doc(yrs::ClientID::new(0));
     {
         let mut txn = fresh.transact_mut();
         if txn.apply_update(update).is_err() {
@@ -905,7 +908,8 @@ impl Database {
     }
 
     /// The object's whole state in canonical form: replicas holding the same blocks give the
-    /// same bytes.
+    /// same bytes (as does a replica that started from a snapshot of some of them). Deleted
+    /// content inside the document is collected in this form.
     pub fn encode_object(&self, id: ObjectId) -> Option<Vec<u8>> {
         let r = self.objects.get(&id)?;
         let document = match self.docs.get(&id) {

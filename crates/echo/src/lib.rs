@@ -42,6 +42,7 @@ pub mod index;
 pub mod model;
 pub mod pipeline;
 pub mod query;
+pub mod snapshot;
 pub mod space;
 pub mod stream;
 pub mod subscription;
@@ -60,9 +61,10 @@ pub use model::{
 };
 pub use pipeline::{
     BlockRefusal, DataStatus, EntryKind, LogEntry, Pipeline, PipelineError, ProcessReport,
-    RefusedBlock,
+    RefusedBlock, SnapshotBase,
 };
 pub use query::{Direction, FieldOp, Filter, Query};
+pub use snapshot::{FeedStart, SNAPSHOT_VERSION, Snapshot, SnapshotError};
 pub use space::{
     CreateError, CredentialWriteError, FeedKeys, LocalWriteError, OpenError, Space, Written,
 };

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use echodb_feed_store::{CausalError, CausalIterator, Delivered, FeedStore, ReadError};
+use echodb_feed_store::{CausalError, CausalIterator, Cid, Delivered, FeedStore, ReadError};
 use echodb_halo::{
     Assertion, BlockKind, ControlBlock, Credential, Decision, Designation, Position, PublicKey,
     Refusal, SpaceStateMachine, Timeframe,
@@ -29,6 +29,7 @@ use echodb_proto::db::Mutations;
 
 use crate::database::{BlockOrigin, Database, RebuildReport};
 use crate::id::ObjectId;
+use crate::snapshot::{FeedStart, Snapshot, SnapshotError, halo_state};
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,40 @@ pub enum PipelineError {
         #[source]
         source: Box<ReadError>,
     },
+    /// The snapshot the pipeline started from could not be read back (to rebuild objects).
+    #[error("space {space}: reading back snapshot {cid}: {reason}")]
+    Snapshot {
+        /// The space.
+        space: PublicKey,
+        /// The snapshot.
+        cid: Cid,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A snapshot cannot be made now: a block the database applied is not covered by the
+    /// processed timeframe.
+    #[error("space {space}: not at a cut: block {seq} of feed {feed} is applied but not processed")]
+    NotAtCut {
+        /// The space.
+        space: PublicKey,
+        /// The feed.
+        feed: PublicKey,
+        /// The block.
+        seq: echodb_halo::Seq,
+    },
+}
+
+/// The snapshot a pipeline started from: its objects are the state before every logged block.
+#[derive(Debug, Clone)]
+pub struct SnapshotBase {
+    /// The snapshot's CID (in the store's blob store).
+    pub cid: Cid,
+    /// Its epoch number.
+    pub epoch: u64,
+    /// Its cut.
+    pub timeframe: Timeframe,
+    /// Where each data feed goes on.
+    pub feeds: BTreeMap<PublicKey, FeedStart>,
 }
 
 /// What became of a delivered data block.
@@ -153,6 +188,10 @@ pub struct Pipeline {
     object_blocks: HashMap<ObjectId, Vec<usize>>,
     /// Feeds skipped because a block of theirs had a bad timeframe, with the reason.
     broken: BTreeMap<PublicKey, String>,
+    /// Payload bytes of each log entry (parallel to `log`).
+    sizes: Vec<usize>,
+    /// The snapshot this pipeline started from, if any.
+    base: Option<SnapshotBase>,
 }
 
 /// The objects a `Mutations` block names, in first-mention order; ids that do not parse are
@@ -170,11 +209,13 @@ fn objects_of(mutations: &Mutations) -> Vec<ObjectId> {
     out
 }
 
-fn is_removal(payload: &[u8]) -> bool {
+/// A credential after whose acceptance data blocks may change validity: a removal or
+/// revocation (cutoffs), or an epoch (the blocks it covers keep the validity its issuer saw).
+fn changes_validity(payload: &[u8]) -> bool {
     Credential::from_bytes(payload).is_ok_and(|c| {
         matches!(
             c.claim().assertion,
-            Assertion::MemberRemoved { .. } | Assertion::DeviceRevoked { .. }
+            Assertion::MemberRemoved { .. } | Assertion::DeviceRevoked { .. } | Assertion::Epoch(_)
         )
     })
 }
@@ -203,7 +244,105 @@ impl Pipeline {
             positions: HashMap::new(),
             object_blocks: HashMap::new(),
             broken: BTreeMap::new(),
+            sizes: Vec::new(),
+            base: None,
         })
+    }
+
+    /// A pipeline starting from a snapshot: `db` holds the snapshot's objects
+    /// ([`Database::from_snapshot_objects`]); control feeds are read in full, and each data feed
+    /// of the snapshot's cut from the block after it (the blocks before need not be held).
+    pub fn from_snapshot(
+        store: Arc<FeedStore>,
+        space: PublicKey,
+        genesis_feed: PublicKey,
+        db: Database,
+        base: SnapshotBase,
+    ) -> Result<Self, PipelineError> {
+        let mut this = Self::new(store, space, genesis_feed, db)?;
+        this.base = Some(base);
+        Ok(this)
+    }
+
+    /// The snapshot this pipeline started from, if any.
+    pub fn base(&self) -> Option<&SnapshotBase> {
+        self.base.as_ref()
+    }
+
+    /// The reduced state at the processed timeframe, for epoch `epoch`. Call it after
+    /// processing everything deliverable (local writes are then processed too).
+    pub fn snapshot(&self, epoch: u64) -> Result<Snapshot, PipelineError> {
+        let space = self.space();
+        let timeframe = self.iterator.processed().clone();
+        for entry in &self.log {
+            if !timeframe.covers(&entry.position.feed, entry.position.seq) {
+                return Err(PipelineError::NotAtCut {
+                    space,
+                    feed: entry.position.feed,
+                    seq: entry.position.seq,
+                });
+            }
+        }
+        let mut feeds = BTreeMap::new();
+        for (feed, designation) in &self.feeds {
+            let Some(seq) = timeframe.get(feed) else {
+                continue;
+            };
+            if *designation != Designation::Data {
+                continue;
+            }
+            let Some(position) = self.iterator.position(feed) else {
+                continue;
+            };
+            let (hash, lamport) = match self.store.get(feed, seq) {
+                Ok(block) => (block.hash, block.block.lamport),
+                Err(ReadError::NotFound { .. })
+                    if let Some(a) = self.store.anchor_of(feed).filter(|a| a.seq == seq) =>
+                {
+                    (a.hash, a.lamport)
+                }
+                Err(source) => {
+                    return Err(PipelineError::ReadBack {
+                        space,
+                        feed: *feed,
+                        seq,
+                        source: Box::new(source),
+                    });
+                }
+            };
+            feeds.insert(
+                *feed,
+                FeedStart {
+                    position,
+                    hash,
+                    lamport,
+                },
+            );
+        }
+        Ok(Snapshot {
+            space,
+            epoch,
+            timeframe,
+            feeds,
+            halo: halo_state(&self.halo),
+            objects: self.db.snapshot_objects(),
+        })
+    }
+
+    /// Data blocks delivered that `timeframe` does not cover, and their payload bytes: the
+    /// growth since a cut (an epoch's, say).
+    pub fn data_since(&self, timeframe: &Timeframe) -> (u64, u64) {
+        let mut blocks = 0;
+        let mut bytes = 0;
+        for (entry, size) in self.log.iter().zip(&self.sizes) {
+            if matches!(entry.kind, EntryKind::Data { .. })
+                && !timeframe.covers(&entry.position.feed, entry.position.seq)
+            {
+                blocks += 1;
+                bytes += *size as u64;
+            }
+        }
+        (blocks, bytes)
     }
 
     /// The space key.
@@ -318,8 +457,9 @@ impl Pipeline {
         }
     }
 
-    fn push(&mut self, entry: LogEntry) -> usize {
+    fn push(&mut self, entry: LogEntry, size: usize) -> usize {
         let index = self.log.len();
+        self.sizes.push(size);
         if let EntryKind::Data {
             objects: Some(objects),
             ..
@@ -371,30 +511,41 @@ impl Pipeline {
                 None
             }
         };
-        let index = self.push(LogEntry {
-            position,
-            lamport: d.lamport,
-            kind: EntryKind::Control {
-                accepted,
-                rebuilt: Vec::new(),
+        let index = self.push(
+            LogEntry {
+                position,
+                lamport: d.lamport,
+                kind: EntryKind::Control {
+                    accepted,
+                    rebuilt: Vec::new(),
+                },
             },
-        });
+            d.payload.len(),
+        );
         for info in self.halo.feeds() {
             if self.feeds.contains_key(&info.feed) {
                 continue;
             }
-            self.iterator
-                .add_feed(info.feed)
-                .map_err(|source| PipelineError::Iterate {
-                    space: self.halo.space(),
-                    source: Box::new(source),
-                })?;
+            let start = match (&self.base, info.designation) {
+                (Some(base), Designation::Data) => base.feeds.get(&info.feed),
+                _ => None,
+            };
+            let added = match start {
+                Some(start) => self
+                    .iterator
+                    .add_feed_from(info.feed, start.position.clone()),
+                None => self.iterator.add_feed(info.feed),
+            };
+            added.map_err(|source| PipelineError::Iterate {
+                space: self.halo.space(),
+                source: Box::new(source),
+            })?;
             self.feeds.insert(info.feed, info.designation);
         }
         let mut after = self.rejected_positions();
         after.remove(&position);
         let earlier_changed = before != after;
-        if earlier_changed || (accepted == Some(true) && is_removal(&d.payload)) {
+        if earlier_changed || (accepted == Some(true) && changes_validity(&d.payload)) {
             let rebuilt = self.revalidate()?;
             report.rebuilt += rebuilt.len();
             if let Some(LogEntry {
@@ -444,15 +595,18 @@ impl Pipeline {
             DataStatus::Applied => report.applied += 1,
             _ => report.refused += 1,
         }
-        self.push(LogEntry {
-            position,
-            lamport: d.lamport,
-            kind: EntryKind::Data {
-                timeframe: d.timeframe,
-                objects,
-                status,
+        self.push(
+            LogEntry {
+                position,
+                lamport: d.lamport,
+                kind: EntryKind::Data {
+                    timeframe: d.timeframe,
+                    objects,
+                    status,
+                },
             },
-        });
+            d.payload.len(),
+        );
     }
 
     /// Records a block this device appended whose mutations the database already applied (a
@@ -463,18 +617,21 @@ impl Pipeline {
         timeframe: Arc<Timeframe>,
         mutations: &Mutations,
     ) {
-        self.push(LogEntry {
-            position: Position {
-                feed: origin.feed,
-                seq: origin.seq,
+        self.push(
+            LogEntry {
+                position: Position {
+                    feed: origin.feed,
+                    seq: origin.seq,
+                },
+                lamport: origin.lamport,
+                kind: EntryKind::Data {
+                    timeframe,
+                    objects: Some(objects_of(mutations)),
+                    status: DataStatus::Applied,
+                },
             },
-            lamport: origin.lamport,
-            kind: EntryKind::Data {
-                timeframe,
-                objects: Some(objects_of(mutations)),
-                status: DataStatus::Applied,
-            },
-        });
+            mutations.encoded_len(),
+        );
     }
 
     /// Applies a block this device appended but the database has not applied yet (a committed
@@ -489,18 +646,21 @@ impl Pipeline {
             Ok(_) => DataStatus::Applied,
             Err(e) => DataStatus::Malformed(e.to_string()),
         };
-        self.push(LogEntry {
-            position: Position {
-                feed: origin.feed,
-                seq: origin.seq,
+        self.push(
+            LogEntry {
+                position: Position {
+                    feed: origin.feed,
+                    seq: origin.seq,
+                },
+                lamport: origin.lamport,
+                kind: EntryKind::Data {
+                    timeframe,
+                    objects: Some(objects_of(mutations)),
+                    status,
+                },
             },
-            lamport: origin.lamport,
-            kind: EntryKind::Data {
-                timeframe,
-                objects: Some(objects_of(mutations)),
-                status,
-            },
-        });
+            mutations.encoded_len(),
+        );
     }
 
     /// Judges every delivered data block again; rebuilds the objects of those whose validity
@@ -577,7 +737,8 @@ impl Pipeline {
             })
             .collect();
         let blocks = self.read_blocks(indexes)?;
-        let report = self.db.rebuild_objects(ids, blocks);
+        let base = self.base_objects(ids)?;
+        let report = self.db.rebuild_objects_on(ids, &base, blocks);
         for (origin, reason) in &report.malformed {
             let position = Position {
                 feed: origin.feed,
@@ -594,6 +755,61 @@ impl Pipeline {
         }
         tracing::info!(space = %self.space().short(), objects = ids.len(), vanished = report.vanished.len(), "objects rebuilt");
         Ok(report)
+    }
+
+    /// The snapshot's records of `ids` (none without a snapshot), read back from the blob store.
+    fn base_objects(
+        &self,
+        ids: &BTreeSet<ObjectId>,
+    ) -> Result<Vec<echodb_proto::epoch::SnapshotObject>, PipelineError> {
+        let Some(snapshot) = self.base_snapshot()? else {
+            return Ok(Vec::new());
+        };
+        Ok(snapshot
+            .objects
+            .into_iter()
+            .filter(|o| ObjectId::from_slice(&o.object_id).is_ok_and(|id| ids.contains(&id)))
+            .collect())
+    }
+
+    /// The snapshot this pipeline started from, read back from the blob store.
+    pub fn base_snapshot(&self) -> Result<Option<Snapshot>, PipelineError> {
+        let Some(base) = &self.base else {
+            return Ok(None);
+        };
+        let space = self.space();
+        let error = |reason: String| PipelineError::Snapshot {
+            space,
+            cid: base.cid,
+            reason,
+        };
+        let bytes = self
+            .store
+            .blobs()
+            .get(&base.cid)
+            .map_err(|e| error(e.to_string()))?
+            .ok_or_else(|| error("the blob is not held".into()))?;
+        Snapshot::decode_bytes(bytes)
+            .map(Some)
+            .map_err(|e: SnapshotError| error(e.to_string()))
+    }
+
+    /// A database holding the snapshot's objects (empty without a snapshot), for `writer`:
+    /// what a branch or past view starts from before the logged blocks.
+    pub(crate) fn base_database(&self, writer: PublicKey) -> Result<Database, PipelineError> {
+        match self.base_snapshot()? {
+            None => Ok(Database::new(writer)),
+            Some(snapshot) => Database::from_snapshot_objects(
+                writer,
+                crate::database::Config::default(),
+                &snapshot.objects,
+            )
+            .map_err(|reason| PipelineError::Snapshot {
+                space: self.space(),
+                cid: self.base.as_ref().map_or(Cid([0; 32]), |b| b.cid),
+                reason,
+            }),
+        }
     }
 
     /// Reads back the data blocks at these log indexes, decoded, in order; undecodable ones

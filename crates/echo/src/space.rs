@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use echodb_feed_store::{AppendError, Column, FeedStore, StorageError, storage::WriteBatch};
+use echodb_feed_store::{AppendError, Cid, Column, FeedStore, StorageError, storage::WriteBatch};
 use echodb_halo::{
     BlockKind, Credential, KeyPair, Keyring, KeyringError, MemberFeeds, PublicKey, Refusal, Seq,
     Signer as _, SpaceCreator, SpaceStateMachine, Timeframe, Timestamp, create_space,
@@ -21,8 +21,9 @@ use echodb_proto::db::Mutations;
 use crate::branch::{Branch, BranchError, SpaceView};
 use crate::database::{Batch, BlockOrigin, Config, Database, LocalCommit, ObjectView};
 use crate::error::{CommitError, WriteError};
-use crate::pipeline::{Pipeline, PipelineError, ProcessReport, RefusedBlock};
+use crate::pipeline::{Pipeline, PipelineError, ProcessReport, RefusedBlock, SnapshotBase};
 use crate::query::Query;
+use crate::snapshot::Snapshot;
 use crate::stream::{self, ChangePage, StreamCursor};
 use crate::subscription::{Event, SubscriptionId};
 
@@ -133,6 +134,16 @@ pub enum OpenError {
     /// Replaying the feeds failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The snapshot to start from could not be loaded; nothing was loaded.
+    #[error("space {space}: snapshot {cid} cannot be loaded: {reason}")]
+    Snapshot {
+        /// The space.
+        space: PublicKey,
+        /// The snapshot.
+        cid: Cid,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a local write was not made (the database is as before).
@@ -229,9 +240,16 @@ pub struct Written {
 }
 
 const SPACE_PREFIX: &[u8] = b"echo/space/";
+const SNAPSHOT_PREFIX: &[u8] = b"echo/space-snapshot/";
 
 fn record_key(space: &PublicKey) -> Vec<u8> {
     let mut key = SPACE_PREFIX.to_vec();
+    key.extend_from_slice(space.as_bytes());
+    key
+}
+
+fn snapshot_key(space: &PublicKey) -> Vec<u8> {
+    let mut key = SNAPSHOT_PREFIX.to_vec();
     key.extend_from_slice(space.as_bytes());
     key
 }
@@ -338,6 +356,126 @@ impl Space {
         genesis_feed: PublicKey,
         keys: FeedKeys,
     ) -> Result<Self, OpenError> {
+        Self::start_record(&store, space, genesis_feed, &keys)?;
+        Self::replay(store, space, genesis_feed, keys)
+    }
+
+    /// Joins a space from a snapshot (a new member that fetched the latest epoch's snapshot):
+    /// like [`Space::join`], but the objects come from the snapshot `cid` (held in the store's
+    /// blob store) and only blocks after its cut are read. The snapshot must be the one an
+    /// accepted epoch of the space names, or nothing is loaded ([`OpenError::Snapshot`]).
+    /// Later [`Space::open`]s start from it too.
+    pub fn join_from_snapshot(
+        store: Arc<FeedStore>,
+        space: PublicKey,
+        genesis_feed: PublicKey,
+        keys: FeedKeys,
+        cid: Cid,
+    ) -> Result<Self, OpenError> {
+        let this = Self::load(store.clone(), space, genesis_feed, keys.clone(), cid)?;
+        Self::start_record(&store, space, genesis_feed, &keys)?;
+        this.remember_snapshot(cid)
+            .map_err(|source| OpenError::Storage {
+                space,
+                source: Box::new(source),
+            })?;
+        Ok(this)
+    }
+
+    /// Makes later [`Space::open`]s start from the snapshot `cid` (held in the blob store, and
+    /// named by an accepted epoch of the space) instead of replaying every block.
+    pub fn remember_snapshot(&self, cid: Cid) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Column::Meta,
+            snapshot_key(&self.space),
+            Bytes::copy_from_slice(&cid.0),
+        );
+        self.store()
+            .storage()
+            .write(batch, self.store().options().durability)
+    }
+
+    /// The snapshot later opens start from, if one was remembered.
+    pub fn remembered_snapshot(
+        store: &FeedStore,
+        space: &PublicKey,
+    ) -> Result<Option<Cid>, StorageError> {
+        let Some(bytes) = store.storage().get(Column::Meta, &snapshot_key(space))? else {
+            return Ok(None);
+        };
+        let cid: [u8; 32] = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt {
+                what: format!("snapshot record of space {space}"),
+                reason: format!("{} bytes, expected 32", bytes.len()),
+            })?;
+        Ok(Some(Cid(cid)))
+    }
+
+    /// Starts from the snapshot `cid`: its objects, then the control feeds in full and the data
+    /// blocks after its cut. Checks that an accepted epoch of the space names it.
+    fn load(
+        store: Arc<FeedStore>,
+        space: PublicKey,
+        genesis_feed: PublicKey,
+        keys: FeedKeys,
+        cid: Cid,
+    ) -> Result<Self, OpenError> {
+        let refuse = |reason: String| OpenError::Snapshot { space, cid, reason };
+        let bytes = store
+            .blobs()
+            .get(&cid)
+            .map_err(|e| refuse(e.to_string()))?
+            .ok_or_else(|| refuse("the blob is not held; fetch it first".into()))?;
+        let snapshot = Snapshot::decode_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
+        if snapshot.space != space {
+            return Err(refuse(format!(
+                "it is a snapshot of space {}",
+                snapshot.space
+            )));
+        }
+        let db = Database::from_snapshot_objects(
+            keys.data.public_key(),
+            Config::default(),
+            &snapshot.objects,
+        )
+        .map_err(refuse)?;
+        let base = SnapshotBase {
+            cid,
+            epoch: snapshot.epoch,
+            timeframe: snapshot.timeframe.clone(),
+            feeds: snapshot.feeds,
+        };
+        let pipeline = Pipeline::from_snapshot(store, space, genesis_feed, db, base)?;
+        let mut this = Self {
+            space,
+            genesis_feed,
+            keys,
+            pipeline,
+        };
+        let report = this.pipeline.process_all()?;
+        let named = this.halo().epochs().iter().any(|e| {
+            e.snapshot.0 == cid.0 && e.number == snapshot.epoch && e.timeframe == snapshot.timeframe
+        });
+        if !named {
+            return Err(refuse(format!(
+                "no accepted epoch of the space names it with its number ({}) and cut",
+                snapshot.epoch
+            )));
+        }
+        tracing::debug!(space = %space.short(), ?report, epoch = snapshot.epoch, "space loaded from a snapshot");
+        Ok(this)
+    }
+
+    /// Writes the record that lets the space be opened again.
+    fn start_record(
+        store: &FeedStore,
+        space: PublicKey,
+        genesis_feed: PublicKey,
+        keys: &FeedKeys,
+    ) -> Result<(), OpenError> {
         let record = SpaceRecord {
             genesis_feed,
             control: keys.control.public_key(),
@@ -355,8 +493,7 @@ impl Space {
             .map_err(|source| OpenError::Storage {
                 space,
                 source: Box::new(source),
-            })?;
-        Self::replay(store, space, genesis_feed, keys)
+            })
     }
 
     fn replay(
@@ -406,7 +543,22 @@ impl Space {
             control: get(record.control)?,
             data: get(record.data)?,
         };
-        Self::replay(store, space, record.genesis_feed, keys)
+        let remembered =
+            Self::remembered_snapshot(&store, &space).map_err(|source| OpenError::Storage {
+                space,
+                source: Box::new(source),
+            })?;
+        match remembered {
+            Some(cid) => Self::load(store, space, record.genesis_feed, keys, cid),
+            None => Self::replay(store, space, record.genesis_feed, keys),
+        }
+    }
+
+    /// The reduced state at the processed timeframe, for epoch `epoch`, after processing
+    /// every deliverable block (the cut is [`Pipeline::processed`] then).
+    pub fn snapshot(&mut self, epoch: u64) -> Result<Snapshot, PipelineError> {
+        self.pipeline.process_all()?;
+        self.pipeline.snapshot(epoch)
     }
 
     /// The spaces this store holds records of, in key order.
@@ -662,7 +814,7 @@ impl Space {
                 source: Box::new(source),
             })?;
         let blocks = self.pipeline.applied_blocks(None)?;
-        let mut db = Database::new(feed);
+        let mut db = self.pipeline.base_database(feed)?;
         for (origin, mutations) in blocks {
             // Every block replayed here was applied before, so it applies again.
             let _ = db.apply(origin, &mutations);
@@ -711,8 +863,16 @@ impl Space {
     /// A read-only view of the space as of `timeframe`: the objects built from the data
     /// blocks it covers that are valid (as membership is known now).
     pub fn view_at(&mut self, timeframe: &Timeframe) -> Result<SpaceView, BranchError> {
+        if let Some(base) = self.pipeline.base()
+            && !timeframe.dominates(&base.timeframe)
+        {
+            return Err(BranchError::BeforeSnapshot {
+                space: self.space,
+                epoch: base.epoch,
+            });
+        }
         let blocks = self.pipeline.applied_blocks(Some(timeframe))?;
-        let mut db = Database::new(self.keys.data.public_key());
+        let mut db = self.pipeline.base_database(self.keys.data.public_key())?;
         for (origin, mutations) in blocks {
             let _ = db.apply(origin, &mutations);
         }

@@ -112,6 +112,9 @@ pub struct ChangePage {
     pub cursor: StreamCursor,
     /// Whether blocks delivered so far remain past `cursor`.
     pub more: bool,
+    /// The cursor was before the cut of the snapshot this replica started from: the changes
+    /// up to the cut are not in its log. Re-read every object; `cursor` covers the cut.
+    pub before_snapshot: bool,
 }
 
 /// Reads up to `limit` entries of `pipeline`'s change stream after `from`.
@@ -120,6 +123,12 @@ pub(crate) fn read(pipeline: &Pipeline, from: &StreamCursor, limit: usize) -> Ch
     // Objects of the data blocks each removal refuses (by its credential id), computed once.
     let mut cut_by: Option<BTreeMap<CredentialId, Vec<ObjectId>>> = None;
     let mut cursor = from.clone();
+    let before_snapshot = pipeline
+        .base()
+        .is_some_and(|base| !from.0.dominates(&base.timeframe));
+    if let Some(base) = pipeline.base().filter(|_| before_snapshot) {
+        cursor.0.merge(&base.timeframe);
+    }
     let mut entries = Vec::new();
     let mut more = false;
     for entry in pipeline.log() {
@@ -164,6 +173,7 @@ pub(crate) fn read(pipeline: &Pipeline, from: &StreamCursor, limit: usize) -> Ch
         entries,
         cursor,
         more,
+        before_snapshot,
     }
 }
 

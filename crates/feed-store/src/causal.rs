@@ -62,10 +62,25 @@ struct Cursor {
     /// The feed's timeframe as of its last delivered block.
     timeframe: Arc<Timeframe>,
     table: FeedIndexTable,
+    /// How many entries of `table` the delivered blocks gave out (decoding the loaded head
+    /// may have added more).
+    table_delivered: usize,
     buffer: VecDeque<DecodedBlock>,
     /// The next block, decoded, with its full timeframe, once it is stored.
     head: Option<(DecodedBlock, Arc<Timeframe>)>,
     broken: bool,
+}
+
+/// Where a reader of one feed stands after a block: what it needs to go on reading the feed
+/// from the next block without the blocks before it (a snapshot keeps one per feed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPosition {
+    /// Seq of the next block to read.
+    pub next: Seq,
+    /// The writer's full timeframe as of block `next - 1`.
+    pub timeframe: Timeframe,
+    /// The writer's feed index table as of block `next - 1` (keys in index order).
+    pub indexed_feeds: Vec<PublicKey>,
 }
 
 /// How many blocks a cursor reads from storage at a time.
@@ -122,10 +137,20 @@ impl CausalIterator {
 
     fn add_feed_at(&mut self, feed: PublicKey, last: Option<Seq>) -> Result<(), CausalError> {
         let next = last.map_or(0, |s| s.0 + 1);
+        // A feed whose beginning is not held (pruned, or started from a snapshot) is read only
+        // from a position taken from a snapshot (`add_feed_from`): its deltas cannot be replayed.
+        if self.store.anchor_of(&feed).is_some() {
+            return Err(CausalError::Read(ReadError::NotFound {
+                feed,
+                seq: Seq(0),
+                length: self.store.length(&feed),
+            }));
+        }
         let mut cursor = Cursor {
             next: 0,
             timeframe: Arc::new(Timeframe::new()),
             table: FeedIndexTable::default(),
+            table_delivered: 0,
             buffer: VecDeque::new(),
             head: None,
             broken: false,
@@ -153,11 +178,56 @@ impl CausalIterator {
                 cursor.next += 1;
             }
         }
+        cursor.table_delivered = cursor.table.keys().len();
         if let Some(last) = last {
             self.processed.advance(feed, last);
         }
         self.cursors.insert(feed, cursor);
         self.load(feed)
+    }
+
+    /// Adds a feed starting at `position` (taken from a snapshot) without reading the blocks
+    /// before it, which need not be held. A feed already iterated is left as it is.
+    pub fn add_feed_from(
+        &mut self,
+        feed: PublicKey,
+        position: FeedPosition,
+    ) -> Result<(), CausalError> {
+        if self.cursors.contains_key(&feed) {
+            return Ok(());
+        }
+        let table = FeedIndexTable::from_keys(position.indexed_feeds);
+        let cursor = Cursor {
+            next: position.next.0,
+            timeframe: Arc::new(position.timeframe),
+            table_delivered: table.keys().len(),
+            table,
+            buffer: VecDeque::new(),
+            head: None,
+            broken: false,
+        };
+        self.cursors.insert(feed, cursor);
+        if let Some(last) = position.next.0.checked_sub(1) {
+            self.processed.advance(feed, Seq(last));
+            // Blocks of other feeds may wait for what the position covers.
+            self.wake(feed, Seq(last));
+        }
+        self.load(feed)
+    }
+
+    /// Where the iteration of `feed` stands: the position after its last delivered block.
+    pub fn position(&self, feed: &PublicKey) -> Option<FeedPosition> {
+        let cursor = self.cursors.get(feed)?;
+        Some(FeedPosition {
+            next: Seq(cursor.next),
+            timeframe: (*cursor.timeframe).clone(),
+            indexed_feeds: cursor
+                .table
+                .keys()
+                .get(..cursor.table_delivered)
+                .unwrap_or_default()
+                .to_vec(),
+        })
     }
 
     /// What has been yielded so far: the checkpoint to resume from.
@@ -190,6 +260,7 @@ impl CausalIterator {
         let (block, timeframe) = cursor.head.take()?;
         cursor.next += 1;
         cursor.timeframe = timeframe.clone();
+        cursor.table_delivered = cursor.table.keys().len();
         let seq = block.seq();
         self.processed.advance(feed, seq);
         let delivered = Delivered {

@@ -32,9 +32,11 @@ pub mod store;
 
 pub use blob::{BlobStore, Cid};
 pub use block::{BlockHash, DecodedBlock, MalformedBlock, head_message};
-pub use causal::{CausalError, CausalIterator, Delivered};
+pub use causal::{CausalError, CausalIterator, Delivered, FeedPosition};
 pub use codec::FeedIndexTable;
 pub use echodb_halo::{PublicKey, Seq, Timeframe};
 pub use error::{AppendError, BlobError, Error, ImportError, ReadError};
 pub use storage::{Column, Durability, MemoryStorage, RocksStorage, Storage, StorageError};
-pub use store::{Appended, FeedEvent, FeedStore, Head, Imported, Limits, Origin, StoreOptions};
+pub use store::{
+    Anchor, Appended, FeedEvent, FeedStore, Head, Imported, Limits, Origin, StoreOptions,
+};

@@ -19,6 +19,10 @@ use crate::storage::{
     feed_seq_key,
 };
 
+mod anchor;
+
+pub use anchor::Anchor;
+
 /// Size limits of a store. Every limit is checked before anything is stored, and going over one
 /// is an error that names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +176,8 @@ struct State {
     writers: HashMap<PublicKey, WriterMemory>,
     waiting: HashMap<PublicKey, BTreeMap<u64, VerifiedRange>>,
     waiting_bytes: usize,
+    /// Feeds whose beginning is not held (see [`Anchor`]).
+    anchors: HashMap<PublicKey, Anchor>,
 }
 
 const FEED_META_PREFIX: &[u8] = b"feed/";
@@ -282,6 +288,7 @@ impl FeedStore {
                 f.forked = Some(Seq(seq));
             }
         }
+        state.anchors = store.load_anchors()?;
         *store.lock() = state;
         Ok(store)
     }
@@ -519,7 +526,7 @@ impl FeedStore {
         let delta = merged.delta_since(&writer_memory.timeframe);
         let mut lamport = writer_memory.lamport;
         for (dependency, seq) in &delta {
-            lamport = lamport.max(self.lamport_of(feed, dependency, *seq)?);
+            lamport = lamport.max(self.lamport_of(state, feed, dependency, *seq)?);
         }
         Ok(Plan {
             current,
@@ -559,12 +566,16 @@ impl FeedStore {
 
     fn lamport_of(
         &self,
+        state: &State,
         feed: PublicKey,
         dependency: &PublicKey,
         seq: Seq,
     ) -> Result<u64, AppendError> {
         match self.try_get(dependency, seq) {
             Ok(Some(block)) => Ok(block.block.lamport),
+            Ok(None) if let Some(a) = state.anchors.get(dependency).filter(|a| a.seq == seq) => {
+                Ok(a.lamport)
+            }
             Ok(None) => Err(AppendError::UnknownDependency {
                 feed,
                 dependency: *dependency,
@@ -1037,6 +1048,10 @@ impl FeedStore {
         max_blocks: usize,
         max_bytes: usize,
     ) -> Result<Option<pb::SignedRange>, ReadError> {
+        // Blocks before an anchor are not held: nothing to give from there.
+        if self.anchor_of(feed).is_some_and(|a| from <= a.seq) {
+            return Ok(None);
+        }
         self.signed_range_below(feed, from, self.length(feed), max_blocks, max_bytes)
     }
 

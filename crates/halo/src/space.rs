@@ -407,14 +407,40 @@ impl SpaceStateMachine {
         let view = self.view_at(&cut, &self.pass);
         let writer = view.feeds.get(feed).map(|f| (f.identity, f.device));
         let position = Position { feed: *feed, seq };
+        // A data block an epoch covers is in that epoch's snapshot: only removals its issuer
+        // knew of (in the epoch block's causal past) cut it off, so loading the snapshot and
+        // replaying every block agree.
+        let epoch = match kind {
+            BlockKind::Data => self.first_epoch_covering(position),
+            BlockKind::Credential(_) => None,
+        };
         if let Some(refusal) = self
             .filters
             .iter()
+            .filter(|f| {
+                epoch.is_none_or(|e| self.blocks[e].cut().contains(self.blocks[f.block].position))
+            })
             .find_map(|f| f.refusal(position, writer))
         {
             return Err(refusal);
         }
         rules::check_writer(&view, feed, kind)
+    }
+
+    /// The block index of the first epoch of the sequence whose cut covers `position`.
+    fn first_epoch_covering(&self, position: Position) -> Option<usize> {
+        let epoch = self
+            .view
+            .epochs
+            .iter()
+            .find(|e| e.timeframe.covers(&position.feed, position.seq))?;
+        let at = self.pass.accepted.get(&epoch.credential)?;
+        let index = self
+            .feeds
+            .get(&at.feed)?
+            .blocks
+            .get(usize::try_from(at.seq.0).ok()?)?;
+        Some(*index)
     }
 
     /// The current decision on the control block at `position`, if it was processed.

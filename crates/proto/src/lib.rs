@@ -32,3 +32,9 @@ pub mod halo {
 pub mod mesh {
     include!("gen/echo.mesh.rs");
 }
+
+/// Epoch snapshots: the reduced state of a space at an epoch's cut.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod epoch {
+    include!("gen/echo.epoch.rs");
+}

@@ -35,6 +35,17 @@ impl Database {
         ids: &BTreeSet<ObjectId>,
         blocks: impl IntoIterator<Item = (BlockOrigin, Mutations)>,
     ) -> RebuildReport {
+        self.rebuild_objects_on(ids, &[], blocks)
+    }
+
+    /// [`Database::rebuild_objects`] starting from `base`: the objects as a snapshot held them
+    /// (the space was loaded from it), `blocks` being the later ones.
+    pub(crate) fn rebuild_objects_on(
+        &mut self,
+        ids: &BTreeSet<ObjectId>,
+        base: &[echodb_proto::epoch::SnapshotObject],
+        blocks: impl IntoIterator<Item = (BlockOrigin, Mutations)>,
+    ) -> RebuildReport {
         let mut touched = Touched::default();
         let mut before: BTreeMap<ObjectId, ObjectView> = BTreeMap::new();
         for id in ids {
@@ -49,6 +60,10 @@ impl Database {
             }
         }
         let mut report = RebuildReport::default();
+        if let Err(reason) = self.restore_base(ids, base) {
+            // The base was checked when the space was loaded from it; kept total.
+            tracing::error!(%reason, "snapshot base of rebuilt objects does not read");
+        }
         for (origin, mutations) in blocks {
             let mut ops = Vec::new();
             let mut bad = None;

@@ -241,6 +241,16 @@ pub(crate) fn new_doc(client: ClientID) -> Doc {
     Doc::with_options(options)
 }
 
+/// A document that collects deleted content (tombstones keep only their length): what the
+/// canonical encoding of a state is built in. Collecting is a function of the whole state
+/// integrated at once, so replicas holding the same updates, or a snapshot of them and the rest,
+/// get the same bytes.
+pub(crate) fn new_collecting_doc(client: ClientID) -> Doc {
+    let mut options = Options::with_guid_and_client_id(DOC_GUID.clone(), client);
+    options.cleanup_formatting = false;
+    Doc::with_options(options)
+}
+
 /// What an object contributes to the indexes; compared before and after a change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct IndexEntries {

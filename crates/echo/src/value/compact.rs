@@ -48,6 +48,27 @@ impl CompactValue {
 }
 
 impl CompactValue {
+    /// Bytes read from elsewhere (a snapshot), accepted only if they are exactly one
+    /// well-formed value.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let mut at = 0;
+        // Bounded nesting first: reading recurses once per level.
+        check_depth(bytes, &mut at, 0)?;
+        if at != bytes.len() {
+            return None;
+        }
+        let mut at = 0;
+        read(bytes, &mut at)?;
+        (at == bytes.len()).then(|| Self(bytes.into()))
+    }
+
+    /// The bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl CompactValue {
     /// The value of a top-level field, if this is a map holding it.
     pub(crate) fn field(&self, name: &str) -> Option<Value> {
         let mut found = None;
@@ -159,6 +180,36 @@ fn skip(bytes: &[u8], at: &mut usize) -> Option<()> {
             read_slice(bytes, at, OBJECT_ID_LEN)?;
         }
         _ => return None,
+    }
+    Some(())
+}
+
+/// Nesting deeper than this is refused in bytes read from elsewhere (a snapshot).
+const MAX_DEPTH: usize = 1024;
+
+/// [`skip`], refusing values nested deeper than [`MAX_DEPTH`].
+fn check_depth(bytes: &[u8], at: &mut usize, depth: usize) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let tag = *bytes.get(*at)?;
+    match tag {
+        LIST => {
+            *at += 1;
+            let len = read_len(bytes, at)?;
+            for _ in 0..len {
+                check_depth(bytes, at, depth + 1)?;
+            }
+        }
+        MAP => {
+            *at += 1;
+            let len = read_len(bytes, at)?;
+            for _ in 0..len {
+                read_bytes(bytes, at)?;
+                check_depth(bytes, at, depth + 1)?;
+            }
+        }
+        _ => skip(bytes, at)?,
     }
     Some(())
 }
@@ -298,6 +349,27 @@ fn read(bytes: &[u8], at: &mut usize) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_from_elsewhere_are_checked() {
+        let value = Value::Map(BTreeMap::from([("a".to_owned(), Value::Int(1))]));
+        let good = CompactValue::encode(&value);
+        assert_eq!(
+            CompactValue::from_bytes(good.as_bytes()),
+            Some(good.clone())
+        );
+        let mut trailing = good.as_bytes().to_vec();
+        trailing.push(NULL);
+        assert_eq!(CompactValue::from_bytes(&trailing), None);
+        assert_eq!(CompactValue::from_bytes(&good.as_bytes()[..2]), None);
+        // A list nested a million deep is refused without recursing that deep.
+        let mut deep = Vec::new();
+        for _ in 0..1_000_000 {
+            deep.extend_from_slice(&[LIST, 1]);
+        }
+        deep.push(NULL);
+        assert_eq!(CompactValue::from_bytes(&deep), None);
+    }
 
     #[test]
     fn every_kind_round_trips() {

@@ -207,6 +207,28 @@ pub enum Refusal {
         /// The epoch number.
         number: u64,
     },
+    /// The epoch's timeframe names a block its issuer had not processed when writing it.
+    #[error(
+        "epoch {number} is cut at block {seq} of feed {feed}, ahead of what its writer had processed ({seen:?})"
+    )]
+    EpochAheadOfIssuer {
+        /// The epoch number.
+        number: u64,
+        /// The feed.
+        feed: PublicKey,
+        /// The seq the epoch names.
+        seq: Seq,
+        /// What the writing block had seen of the feed.
+        seen: Option<Seq>,
+    },
+    /// The epoch's timeframe does not cover the previous epoch's.
+    #[error("epoch {number} is cut before the previous epoch's cut on feed {feed}")]
+    EpochBehindPrevious {
+        /// The epoch number.
+        number: u64,
+        /// A feed the previous epoch covers further.
+        feed: PublicKey,
+    },
     /// The writing feed is not admitted (in the block's causal past).
     #[error("feed {feed} is not admitted to the space")]
     FeedNotAdmitted {
@@ -507,6 +529,30 @@ pub(crate) fn validate(
             if epoch.previous != view.epochs.last().map(|e| e.snapshot) {
                 return Err(Refusal::EpochPreviousMismatch {
                     number: epoch.number,
+                });
+            }
+            // The snapshot was made from what the issuer had processed: the cut cannot name a
+            // block outside the writing block's causal past.
+            for (feed, seq) in epoch.timeframe.iter() {
+                let seen = seen(cut, feed);
+                if seen.is_none_or(|s| s < *seq) {
+                    return Err(Refusal::EpochAheadOfIssuer {
+                        number: epoch.number,
+                        feed: *feed,
+                        seq: *seq,
+                        seen,
+                    });
+                }
+            }
+            if let Some(previous) = view.epochs.last()
+                && let Some((feed, _)) = previous
+                    .timeframe
+                    .iter()
+                    .find(|(feed, seq)| !epoch.timeframe.covers(feed, **seq))
+            {
+                return Err(Refusal::EpochBehindPrevious {
+                    number: epoch.number,
+                    feed: *feed,
                 });
             }
         }

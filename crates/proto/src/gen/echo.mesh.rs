@@ -53,7 +53,8 @@ pub struct Heads {
     #[prost(message, repeated, tag = "1")]
     pub heads: ::prost::alloc::vec::Vec<FeedHead>,
 }
-/// Asks for blocks of `feed` from `from` on.
+/// Asks for blocks of `feed` from `from` on. A responder answers requests in the order received,
+/// one `RangeResponse` each, so a requester may keep several outstanding for one feed.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RangeRequest {
     /// Chosen by the requester, unique among its outstanding requests.
@@ -61,6 +62,7 @@ pub struct RangeRequest {
     pub id: u64,
     #[prost(bytes = "bytes", tag = "2")]
     pub feed: ::prost::bytes::Bytes,
+    /// First block wanted (when `follow` is unset).
     #[prost(uint64, tag = "3")]
     pub from: u64,
     /// At most this many blocks and bytes, where a signed block allows (the responder may cap further).
@@ -68,8 +70,17 @@ pub struct RangeRequest {
     pub max_blocks: u32,
     #[prost(uint32, tag = "5")]
     pub max_bytes: u32,
+    /// Blocks from `to` on are not wanted (exclusive; 0: no bound). A range ends at or before `to`
+    /// where a signed block allows, else on the first signed block after it.
+    #[prost(uint64, tag = "6")]
+    pub to: u64,
+    /// Start where the responder's answer to this requester's previous request for the same feed
+    /// ended (or at `from` if there was none in this session). Lets a requester pipeline requests
+    /// for one feed without knowing where the responder's signed blocks are.
+    #[prost(bool, tag = "7")]
+    pub follow: bool,
 }
-/// Answers a `RangeRequest`. An absent `range` means "nothing to give from there".
+/// Answers a `RangeRequest`. An absent `range` means "nothing to give from there (up to `to`)".
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RangeResponse {
     #[prost(uint64, tag = "1")]
@@ -196,6 +207,10 @@ pub struct Welcome {
     /// Device invitations: the guest device's delegation chain (encoded AuthorizedDevice credentials).
     #[prost(bytes = "bytes", repeated, tag = "8")]
     pub delegation: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+    /// The space's genesis feed (the creator's control feed, whose first block is the genesis
+    /// credential): where the guest's pipeline starts. Empty if the host did not name it.
+    #[prost(bytes = "bytes", tag = "9")]
+    pub genesis_feed: ::prost::bytes::Bytes,
 }
 /// The last frame of an invitation that failed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,843 @@
+//! Epochs end to end: a snapshot plus the later blocks gives the state of a full replay, for
+//! random histories; concurrent epochs end in one sequence everywhere; bad input is refused
+//! with its reason and loads nothing; pruning and the automatic policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use echodb_echo::{FeedKeys, FieldOp, Model as _, ObjectId, OpenError, Query, Space, Value};
+use echodb_epoch::{EpochPolicy, JoinError, create_epoch, install_snapshot, latest_epoch};
+use echodb_feed_store::{Cid, FeedStore, Seq};
+use echodb_halo::{
+    Assertion, Claim, Credential, Cutoffs, Designation, EpochClaim, KeyPair, PublicKey, Refusal,
+    Role, Signer as _, SnapshotCid, Timestamp,
+};
+use proptest::prelude::*;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Task {
+    title: String,
+    done: bool,
+    n: i64,
+}
+
+impl echodb_echo::ObjectType for Task {
+    const TYPE_NAME: &'static str = "test.Task";
+}
+
+struct Member {
+    identity: KeyPair,
+    device: KeyPair,
+    keys: FeedKeys,
+}
+
+impl Member {
+    fn new() -> Self {
+        Self {
+            identity: KeyPair::generate(),
+            device: KeyPair::generate(),
+            keys: FeedKeys::generate(None).unwrap(),
+        }
+    }
+}
+
+fn issue(
+    space: PublicKey,
+    issuer: &KeyPair,
+    subject: PublicKey,
+    assertion: Assertion,
+) -> Credential {
+    Claim {
+        space,
+        issuer: issuer.public_key(),
+        subject,
+        issued_at: Timestamp(0),
+        parents: vec![],
+        assertion,
+    }
+    .sign(issuer)
+}
+
+fn admit(space: &mut Space, owner: &KeyPair, member: &Member, role: Role) -> TestResult {
+    let key = space.key();
+    let who = member.identity.public_key();
+    space.write_credential(&issue(key, owner, who, Assertion::SpaceMember { role }))?;
+    for (feed, designation) in [
+        (member.keys.control.public_key(), Designation::Control),
+        (member.keys.data.public_key(), Designation::Data),
+    ] {
+        let admitted = Assertion::AdmittedFeed {
+            designation,
+            identity: who,
+            device: member.device.public_key(),
+        };
+        space.write_credential(&issue(key, owner, feed, admitted))?;
+    }
+    Ok(())
+}
+
+/// A space on one shared store: the owner's `Space` and one per other member.
+struct World {
+    store: Arc<FeedStore>,
+    owner: KeyPair,
+    members: Vec<Member>,
+    spaces: Vec<Space>,
+}
+
+impl World {
+    fn new(others: &[Role]) -> Result<Self, Box<dyn std::error::Error>> {
+        let store = Arc::new(FeedStore::in_memory());
+        let owner = KeyPair::generate();
+        let mut first = Space::create(
+            store.clone(),
+            None,
+            owner.public_key(),
+            KeyPair::generate().public_key(),
+        )?;
+        let mut members = Vec::new();
+        for role in others {
+            let m = Member::new();
+            admit(&mut first, &owner, &m, *role)?;
+            members.push(m);
+        }
+        let mut spaces = vec![first];
+        for m in &members {
+            spaces.push(Space::join(
+                store.clone(),
+                spaces[0].key(),
+                spaces[0].genesis_feed(),
+                m.keys.clone(),
+            )?);
+        }
+        Ok(Self {
+            store,
+            owner,
+            members,
+            spaces,
+        })
+    }
+
+    fn key(&self) -> PublicKey {
+        self.spaces[0].key()
+    }
+
+    fn genesis(&self) -> PublicKey {
+        self.spaces[0].genesis_feed()
+    }
+}
+
+/// What two replicas must agree on: every object's encoded state, and a fixed set of queries.
+fn fingerprint(space: &Space) -> Vec<String> {
+    let db = space.database();
+    let mut out: Vec<String> = db
+        .ids()
+        .map(|id| format!("{id}: {:?}", db.encode_object(id)))
+        .collect();
+    let queries = [
+        Query::of_type("test.Task"),
+        Query::of_type("test.Task").include_deleted(true),
+        Query::of_type("test.Task").field("done", FieldOp::Eq(true.into())),
+        Query::of_type("test.Task").field("n", FieldOp::Gt(Value::Int(3))),
+        Query::new(),
+        Query::of_type("test.Text"),
+    ];
+    for q in &queries {
+        out.push(format!("{:?}", db.query_ids(q)));
+    }
+    for id in db.ids().take(8) {
+        out.push(format!(
+            "children of {id}: {:?}",
+            db.query_ids(&Query::new().filter(echodb_echo::Filter::ParentIs(Some(id))))
+        ));
+    }
+    out
+}
+
+/// Copies `feed` from `from` to `to` starting at `start`, as the signed ranges `from` serves.
+/// Returns the encoded bytes that crossed.
+fn copy_feed(from: &FeedStore, to: &FeedStore, feed: &PublicKey, start: Seq) -> usize {
+    let mut seq = start;
+    let mut bytes = 0;
+    while let Some(range) = from.signed_range(feed, seq, 4096, 4 << 20).unwrap() {
+        seq = Seq(seq.0 + range.blocks.len() as u64);
+        bytes += range.blocks.iter().map(|b| b.len()).sum::<usize>();
+        to.import(&range).unwrap();
+    }
+    bytes
+}
+
+/// A new member's store: the control feeds in full, the latest epoch's snapshot, and the data
+/// blocks after its cut only. Returns the joined space.
+fn join_from_epoch(world: &World) -> Result<Space, Box<dyn std::error::Error>> {
+    let from = &world.store;
+    let to = Arc::new(FeedStore::in_memory());
+    let halo = world.spaces[0].halo();
+    for info in halo.feeds() {
+        if info.designation == Designation::Control {
+            copy_feed(from, &to, &info.feed, Seq(0));
+        }
+    }
+    let epoch = latest_epoch(&to, world.key(), world.genesis())?.expect("an epoch");
+    let bytes = from
+        .blobs()
+        .get(&Cid(epoch.snapshot.0))?
+        .expect("snapshot held");
+    let installed = install_snapshot(&to, world.key(), &epoch, &bytes)?;
+    for (feed, start) in &installed.fetch_from {
+        copy_feed(from, &to, feed, *start);
+    }
+    // Data feeds not in the cut (no block before it) come whole.
+    for info in halo.feeds() {
+        if info.designation == Designation::Data && to.length(&info.feed) == 0 {
+            copy_feed(from, &to, &info.feed, Seq(0));
+        }
+    }
+    Ok(Space::join_from_snapshot(
+        to,
+        world.key(),
+        world.genesis(),
+        FeedKeys::generate(None)?,
+        installed.cid,
+    )?)
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create {
+        by: usize,
+        parent: Option<usize>,
+    },
+    Set {
+        by: usize,
+        object: usize,
+        done: bool,
+        n: i64,
+    },
+    Delete {
+        by: usize,
+        object: usize,
+    },
+    Restore {
+        by: usize,
+        object: usize,
+    },
+    Move {
+        by: usize,
+        object: usize,
+        parent: usize,
+    },
+    CreateText {
+        by: usize,
+    },
+    EditText {
+        by: usize,
+        text: usize,
+        at: u32,
+        remove: u32,
+        insert: String,
+        bold: bool,
+    },
+    Process {
+        by: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let by = 0usize..3;
+    prop_oneof![
+        3 => (by.clone(), proptest::option::of(0usize..16)).prop_map(|(by, parent)| Op::Create { by, parent }),
+        5 => (by.clone(), 0usize..16, any::<bool>(), -2i64..8).prop_map(|(by, object, done, n)| Op::Set { by, object, done, n }),
+        1 => (by.clone(), 0usize..16).prop_map(|(by, object)| Op::Delete { by, object }),
+        1 => (by.clone(), 0usize..16).prop_map(|(by, object)| Op::Restore { by, object }),
+        1 => (by.clone(), 0usize..16, 0usize..16).prop_map(|(by, object, parent)| Op::Move { by, object, parent }),
+        1 => by.clone().prop_map(|by| Op::CreateText { by }),
+        4 => (by.clone(), 0usize..4, 0u32..12, 0u32..4, "[a-z ]{0,6}", any::<bool>()).prop_map(
+            |(by, text, at, remove, insert, bold)| Op::EditText { by, text, at, remove, insert, bold }
+        ),
+        2 => by.prop_map(|by| Op::Process { by }),
+    ]
+}
+
+/// Runs `ops` on the world's spaces; objects are named by creation order, and an op on an
+/// object its member has not seen yet is skipped.
+fn run(world: &mut World, ids: &mut Vec<ObjectId>, ops: &[Op]) -> TestResult {
+    let mut texts: Vec<ObjectId> = world.spaces[0]
+        .database()
+        .query_ids(&Query::of_type("test.Text").include_deleted(true));
+    for op in ops {
+        let pick = |i: usize, ids: &[ObjectId]| ids.get(i % ids.len().max(1)).copied();
+        match op {
+            Op::Process { by } => {
+                world.spaces[*by].process_all()?;
+            }
+            Op::Create { by, parent } => {
+                let parent = parent.and_then(|p| pick(p, ids));
+                let space = &mut world.spaces[*by];
+                let parent = parent.filter(|p| space.database().contains(*p));
+                let n = ids.len() as i64;
+                // A parent deleted meanwhile is refused; the op is skipped.
+                if let Ok((id, _)) = space.write(|b| {
+                    b.add(
+                        &Task {
+                            title: format!("task {n}"),
+                            done: false,
+                            n,
+                        },
+                        parent,
+                    )
+                }) {
+                    ids.push(id);
+                }
+            }
+            Op::Set {
+                by,
+                object,
+                done,
+                n,
+            } => {
+                let Some(id) = pick(*object, ids) else {
+                    continue;
+                };
+                let space = &mut world.spaces[*by];
+                if space.database().contains(id) {
+                    let _ = space.write(|b| {
+                        b.set_field(id, "done", Value::Bool(*done))?;
+                        b.set_field(id, "n", Value::Int(*n))
+                    });
+                }
+            }
+            Op::Delete { by, object } | Op::Restore { by, object } => {
+                let Some(id) = pick(*object, ids) else {
+                    continue;
+                };
+                let space = &mut world.spaces[*by];
+                if space.database().contains(id) {
+                    let delete = matches!(op, Op::Delete { .. });
+                    let _ = space.write(|b| if delete { b.delete(id) } else { b.restore(id) });
+                }
+            }
+            Op::CreateText { by } => {
+                // A removed member's write is refused; the op is then skipped.
+                if let Ok((id, _)) = world.spaces[*by]
+                    .write(|b| b.create("test.Text", echodb_echo::TextModel::KIND, None))
+                {
+                    texts.push(id);
+                }
+            }
+            Op::EditText {
+                by,
+                text,
+                at,
+                remove,
+                insert,
+                bold,
+            } => {
+                let Some(id) = texts.get(*text % texts.len().max(1)).copied() else {
+                    continue;
+                };
+                let space = &mut world.spaces[*by];
+                if !space.database().contains(id) {
+                    continue;
+                }
+                // Positions past the end are refused; the op is then skipped.
+                let _ = space.write(|b| {
+                    if *remove > 0 {
+                        b.edit_text(
+                            id,
+                            echodb_echo::TextOp::Remove {
+                                index: *at,
+                                len: *remove,
+                            },
+                        )?;
+                    }
+                    let attributes = if *bold {
+                        [("bold".to_owned(), Value::Bool(true))]
+                            .into_iter()
+                            .collect()
+                    } else {
+                        Default::default()
+                    };
+                    b.edit_text(
+                        id,
+                        echodb_echo::TextOp::Insert {
+                            index: *at / 2,
+                            text: insert.clone(),
+                            attributes,
+                        },
+                    )
+                });
+            }
+            Op::Move { by, object, parent } => {
+                let (Some(id), Some(parent)) = (pick(*object, ids), pick(*parent, ids)) else {
+                    continue;
+                };
+                let space = &mut world.spaces[*by];
+                if id != parent
+                    && space.database().contains(id)
+                    && space.database().contains(parent)
+                {
+                    let _ = space.write(|b| b.set_parent(id, Some(parent)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_history(before: &[Op], after: &[Op], remove: Option<usize>) -> TestResult {
+    let mut world = World::new(&[Role::Admin, Role::Editor])?;
+    let mut ids = Vec::new();
+    run(&mut world, &mut ids, before)?;
+    // The admin removes the editor at some point, concurrently with the owner's epoch or not.
+    let removal = |world: &mut World| -> TestResult {
+        let editor = &world.members[1];
+        let admin_space = &mut world.spaces[1];
+        let seen = admin_space.pipeline().processed().clone();
+        let cutoffs: Cutoffs = [
+            editor.keys.control.public_key(),
+            editor.keys.data.public_key(),
+        ]
+        .into_iter()
+        .filter_map(|f| seen.get(&f).map(|s| (f, s)))
+        .collect();
+        let credential = issue(
+            admin_space.key(),
+            &world.members[0].identity,
+            editor.identity.public_key(),
+            Assertion::MemberRemoved {
+                member: editor.identity.public_key(),
+                cutoffs,
+            },
+        );
+        admin_space.write_credential(&credential)?;
+        Ok(())
+    };
+    if remove == Some(0) {
+        removal(&mut world)?;
+    }
+    let created = create_epoch(&mut world.spaces[0], &world.owner, Timestamp(1))?;
+    assert!(created.in_sequence);
+    if remove == Some(1) {
+        removal(&mut world)?;
+    }
+    run(&mut world, &mut ids, after)?;
+    for space in &mut world.spaces {
+        space.process_all()?;
+    }
+    // Full replay of every block.
+    let full = Space::join(
+        world.store.clone(),
+        world.key(),
+        world.genesis(),
+        FeedKeys::generate(None)?,
+    )?;
+    let expected = fingerprint(&full);
+    assert_eq!(
+        fingerprint(&world.spaces[0]),
+        expected,
+        "the owner's live state"
+    );
+    // Reopen on the same store from the snapshot.
+    let reopened = Space::join_from_snapshot(
+        world.store.clone(),
+        world.key(),
+        world.genesis(),
+        FeedKeys::generate(None)?,
+        created.cid,
+    )?;
+    assert_eq!(
+        fingerprint(&reopened),
+        expected,
+        "reopened from the snapshot"
+    );
+    // A new member with only the blocks after the cut.
+    let joined = join_from_epoch(&world)?;
+    assert_eq!(fingerprint(&joined), expected, "joined from the snapshot");
+    assert_eq!(joined.halo().summary(), full.halo().summary());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    /// For random histories (three writers, creations, field writes, deletes, restores, moves,
+    /// interleaved processing, and sometimes a removal before or concurrent with the epoch),
+    /// loading the epoch's snapshot and processing the later blocks gives the state of replaying
+    /// everything: every object's encoded state and a fixed set of queries.
+    #[test]
+    fn snapshot_plus_later_blocks_equals_full_replay(
+        before in proptest::collection::vec(op(), 1..40),
+        after in proptest::collection::vec(op(), 0..25),
+        remove in proptest::option::of(0usize..2),
+    ) {
+        check_history(&before, &after, remove).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+}
+
+/// Two replicas whose admins create epoch 0 at once, then a third that sees both: one epoch
+/// sequence everywhere, and the next epoch builds on it.
+#[test]
+fn concurrent_epochs_end_in_one_sequence() -> TestResult {
+    let world = World::new(&[Role::Admin])?;
+    let key = world.key();
+    let genesis = world.genesis();
+    // Replica B: its own store, a copy of everything so far.
+    let b_store = Arc::new(FeedStore::in_memory());
+    let sync = |from: &FeedStore, to: &FeedStore| {
+        for (feed, _) in from.heads().iter() {
+            let start = Seq(to.length(feed));
+            copy_feed(from, to, feed, start);
+        }
+    };
+    sync(&world.store, &b_store);
+    let World {
+        store: a_store,
+        owner,
+        members,
+        mut spaces,
+    } = world;
+    let admin = &members[0];
+    let mut a = spaces.swap_remove(0);
+    let mut b = Space::join(b_store.clone(), key, genesis, admin.keys.clone())?;
+    a.write(|batch| {
+        batch.add(
+            &Task {
+                title: "a".into(),
+                done: false,
+                n: 1,
+            },
+            None,
+        )
+    })?;
+    b.write(|batch| {
+        batch.add(
+            &Task {
+                title: "b".into(),
+                done: true,
+                n: 2,
+            },
+            None,
+        )
+    })?;
+    let ea = create_epoch(&mut a, &owner, Timestamp(1))?;
+    let eb = create_epoch(&mut b, &admin.identity, Timestamp(1))?;
+    assert_eq!((ea.number, eb.number), (0, 0));
+    sync(&a_store, &b_store);
+    sync(&b_store, &a_store);
+    a.process_all()?;
+    b.process_all()?;
+    let c_store = Arc::new(FeedStore::in_memory());
+    sync(&b_store, &c_store);
+    let c = Space::join(c_store, key, genesis, FeedKeys::generate(None)?)?;
+    let seq_a: Vec<_> = a.halo().epochs().to_vec();
+    assert_eq!(seq_a.len(), 1, "one epoch 0 counts");
+    assert_eq!(b.halo().epochs(), &seq_a[..]);
+    assert_eq!(c.halo().epochs(), &seq_a[..]);
+    assert!(
+        [ea.cid.0, eb.cid.0].contains(&seq_a[0].snapshot.0),
+        "the sequence holds one of the two"
+    );
+    // Both credentials are valid; only the sequence picks one.
+    assert!(a.halo().rejected().is_empty());
+    // The next epoch names the winner as previous, on whichever replica makes it.
+    let e1 = create_epoch(&mut b, &admin.identity, Timestamp(2))?;
+    assert_eq!(e1.number, 1);
+    assert!(e1.in_sequence);
+    sync(&b_store, &a_store);
+    a.process_all()?;
+    assert_eq!(a.halo().epochs(), b.halo().epochs());
+    assert_eq!(
+        a.halo().epochs()[1].previous.map(|c| c.0),
+        Some(seq_a[0].snapshot.0)
+    );
+    Ok(())
+}
+
+#[test]
+fn tampered_snapshot_is_refused_and_nothing_is_loaded() -> TestResult {
+    let mut world = World::new(&[])?;
+    world.spaces[0].write(|b| {
+        b.add(
+            &Task {
+                title: "x".into(),
+                done: false,
+                n: 0,
+            },
+            None,
+        )
+    })?;
+    let created = create_epoch(&mut world.spaces[0], &world.owner, Timestamp(1))?;
+    let epoch = world.spaces[0].halo().epochs()[0].clone();
+    let mut bytes = world.store.blobs().get(&created.cid)?.unwrap().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let to = FeedStore::in_memory();
+    let err = install_snapshot(&to, world.key(), &epoch, &bytes).unwrap_err();
+    assert!(matches!(err, JoinError::SnapshotMismatch { .. }), "{err}");
+    assert!(to.heads().is_empty(), "nothing anchored");
+    assert!(!to.blobs().has(&Cid::of(&bytes))?, "nothing stored");
+    Ok(())
+}
+
+#[test]
+fn epoch_from_an_editor_is_refused_and_cannot_be_loaded() -> TestResult {
+    let mut world = World::new(&[Role::Editor])?;
+    let editor_space = &mut world.spaces[1];
+    editor_space.write(|b| {
+        b.add(
+            &Task {
+                title: "x".into(),
+                done: false,
+                n: 0,
+            },
+            None,
+        )
+    })?;
+    // The editor cannot create one through the API…
+    let err = create_epoch(editor_space, &world.members[0].identity, Timestamp(1)).unwrap_err();
+    assert!(
+        matches!(err, echodb_epoch::EpochError::NotAllowed { .. }),
+        "{err}"
+    );
+    // …and one written anyway is refused by every replica with its reason.
+    let snapshot = editor_space.snapshot(0)?;
+    let bytes = snapshot.encode();
+    let cid = editor_space.store().blobs().put(bytes)?;
+    let credential = issue(
+        editor_space.key(),
+        &world.members[0].identity,
+        editor_space.key(),
+        Assertion::Epoch(EpochClaim {
+            number: 0,
+            timeframe: snapshot.timeframe.clone(),
+            snapshot: SnapshotCid(cid.0),
+            previous: None,
+        }),
+    );
+    editor_space.write_credential(&credential)?;
+    assert!(editor_space.halo().epochs().is_empty());
+    let rejected = editor_space.halo().rejected();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        matches!(
+            rejected[0].reason,
+            Refusal::NotAuthorized { .. } | Refusal::WriterNotAllowed { .. }
+        ),
+        "{:?}",
+        rejected[0].reason
+    );
+    let err = Space::join_from_snapshot(
+        world.store.clone(),
+        world.key(),
+        world.genesis(),
+        FeedKeys::generate(None)?,
+        cid,
+    )
+    .unwrap_err();
+    assert!(matches!(err, OpenError::Snapshot { .. }), "{err}");
+    Ok(())
+}
+
+#[test]
+fn epoch_ahead_of_its_issuer_is_refused() -> TestResult {
+    let mut world = World::new(&[Role::Admin])?;
+    // The admin writes a block the owner has not processed.
+    world.spaces[1].write(|b| {
+        b.add(
+            &Task {
+                title: "x".into(),
+                done: false,
+                n: 0,
+            },
+            None,
+        )
+    })?;
+    let owner = &world.spaces[0];
+    let mut timeframe = owner.pipeline().processed().clone();
+    let admin_data = world.members[0].keys.data.public_key();
+    timeframe.advance(admin_data, Seq(5));
+    let credential = issue(
+        owner.key(),
+        &world.owner,
+        owner.key(),
+        Assertion::Epoch(EpochClaim {
+            number: 0,
+            timeframe,
+            snapshot: SnapshotCid([7; 32]),
+            previous: None,
+        }),
+    );
+    // Written at the owner's processed timeframe, which does not have block 5 of that feed.
+    world.spaces[0].write_credential(&credential)?;
+    let rejected = world.spaces[0].halo().rejected();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| matches!(r.reason, Refusal::EpochAheadOfIssuer { .. })),
+        "{rejected:?}"
+    );
+    assert!(world.spaces[0].halo().epochs().is_empty());
+    Ok(())
+}
+
+#[test]
+fn pruned_space_reopens_from_its_snapshot() -> TestResult {
+    let mut world = World::new(&[Role::Editor])?;
+    let mut ids = Vec::new();
+    let ops: Vec<Op> = (0..30)
+        .map(|i| match i % 3 {
+            0 => Op::Create {
+                by: i % 2,
+                parent: None,
+            },
+            1 => Op::Set {
+                by: (i + 1) % 2,
+                object: i,
+                done: i % 2 == 0,
+                n: i as i64,
+            },
+            _ => Op::Process { by: i % 2 },
+        })
+        .collect();
+    run(&mut world, &mut ids, &ops)?;
+    world.spaces[1].process_all()?;
+    create_epoch(&mut world.spaces[0], &world.owner, Timestamp(1))?;
+    run(&mut world, &mut ids, &ops[..9])?;
+    for space in &mut world.spaces {
+        space.process_all()?;
+    }
+    let expected = fingerprint(&world.spaces[0]);
+    let dropped = echodb_epoch::prune(&world.spaces[0])?;
+    assert!(dropped > 0);
+    let cid = Space::remembered_snapshot(&world.store, &world.key())?.unwrap();
+    let reopened = Space::join_from_snapshot(
+        world.store.clone(),
+        world.key(),
+        world.genesis(),
+        FeedKeys::generate(None)?,
+        cid,
+    )?;
+    assert_eq!(fingerprint(&reopened), expected);
+    // A change stream read from before the cut says so, and moves past it.
+    let page = reopened.changes(&echodb_echo::StreamCursor(Default::default()), 1000);
+    assert!(page.before_snapshot);
+    assert!(!reopened.changes(&page.cursor, 1000).before_snapshot);
+    // Replaying every block is no longer possible, and says so rather than loading less.
+    let replay = Space::join(
+        world.store.clone(),
+        world.key(),
+        world.genesis(),
+        FeedKeys::generate(None)?,
+    );
+    assert!(matches!(replay, Err(OpenError::Pipeline(_))), "{replay:?}");
+    // The owner keeps writing after pruning; a new member still joins.
+    world.spaces[0].write(|b| {
+        b.add(
+            &Task {
+                title: "after".into(),
+                done: true,
+                n: 9,
+            },
+            None,
+        )
+    })?;
+    let joined = join_from_epoch(&world)?;
+    assert_eq!(fingerprint(&joined), fingerprint(&world.spaces[0]));
+    Ok(())
+}
+
+#[test]
+fn policy_creates_an_epoch_when_due() -> TestResult {
+    let mut world = World::new(&[])?;
+    let device = KeyPair::generate().public_key();
+    let space = &mut world.spaces[0];
+    space.write(|b| {
+        b.add(
+            &EpochPolicy {
+                after_blocks: 5,
+                after_bytes: 0,
+                runner: device.to_string(),
+                prune: true,
+            },
+            None,
+        )
+    })?;
+    let mut created = Vec::new();
+    for i in 0..12 {
+        space.write(|b| {
+            b.add(
+                &Task {
+                    title: format!("{i}"),
+                    done: false,
+                    n: i,
+                },
+                None,
+            )
+        })?;
+        if let Some(e) =
+            echodb_epoch::run_policy(space, &device, &world.owner, Timestamp(i as u64))?
+        {
+            created.push(e.number);
+        }
+    }
+    assert_eq!(created, vec![0, 1]);
+    // Another device is not the runner.
+    let other = KeyPair::generate().public_key();
+    for i in 0..6 {
+        space.write(|b| {
+            b.add(
+                &Task {
+                    title: format!("more {i}"),
+                    done: false,
+                    n: i,
+                },
+                None,
+            )
+        })?;
+    }
+    assert!(echodb_epoch::run_policy(space, &other, &world.owner, Timestamp(20))?.is_none());
+    Ok(())
+}
+
+#[test]
+fn epoch_cut_before_the_previous_one_is_refused() -> TestResult {
+    let mut world = World::new(&[Role::Editor])?;
+    world.spaces[1].write(|b| {
+        b.add(
+            &Task {
+                title: "x".into(),
+                done: false,
+                n: 0,
+            },
+            None,
+        )
+    })?;
+    let first = create_epoch(&mut world.spaces[0], &world.owner, Timestamp(1))?;
+    let owner = &mut world.spaces[0];
+    let credential = issue(
+        owner.key(),
+        &world.owner,
+        owner.key(),
+        Assertion::Epoch(EpochClaim {
+            number: 1,
+            timeframe: Default::default(),
+            snapshot: SnapshotCid([9; 32]),
+            previous: Some(SnapshotCid(first.cid.0)),
+        }),
+    );
+    owner.write_credential(&credential)?;
+    assert!(
+        owner
+            .halo()
+            .rejected()
+            .iter()
+            .any(|r| matches!(r.reason, Refusal::EpochBehindPrevious { number: 1, .. })),
+        "{:?}",
+        owner.halo().rejected()
+    );
+    assert_eq!(owner.halo().epochs().len(), 1);
+    Ok(())
+}
