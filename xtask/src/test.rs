@@ -37,9 +37,9 @@ pub fn run() -> Result<()> {
         cargo(&["build", "--workspace", "--examples", "--locked"])
     })?;
     step(
-        "benchmark smoke run (bench feeds --quick, bench echo --quick)",
+        "benchmark smoke run (bench feeds|echo|epoch|replicate --quick)",
         || {
-            for suite in ["feeds", "echo"] {
+            for suite in ["feeds", "echo", "epoch", "replicate"] {
                 cargo(&[
                     "run",
                     "--locked",

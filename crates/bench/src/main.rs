@@ -6,7 +6,9 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark reports on stdout/stderr
 
 mod echo;
+mod epoch;
 mod feeds;
+mod replicate;
 
 use std::time::Instant;
 
@@ -54,6 +56,10 @@ pub fn progress(what: &str) {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The source process of the `replicate` suite (started by the suite itself).
+    if args.first().map(String::as_str) == Some(replicate::SERVE) {
+        return replicate::serve(&args[1..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().any(|a| a == "--json");
     let suite = args
@@ -63,8 +69,12 @@ fn main() -> Result<()> {
     let report = match suite {
         Some("feeds") => feeds::run(quick)?,
         Some("echo") => echo::run(quick)?,
-        Some(other) => bail!("unknown suite {other:?}; suites: feeds, echo"),
-        None => bail!("usage: echodb-bench SUITE [--quick] [--json]; suites: feeds, echo"),
+        Some("epoch") => epoch::run(quick)?,
+        Some("replicate") => replicate::run(quick)?,
+        Some(other) => bail!("unknown suite {other:?}; suites: feeds, echo, epoch, replicate"),
+        None => bail!(
+            "usage: echodb-bench SUITE [--quick] [--json]; suites: feeds, echo, epoch, replicate"
+        ),
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -112,6 +122,43 @@ fn print_table(report: &Report) {
             "reopen_replay_per_s                      {}  (target >= 300,000)",
             value("reopen_replay_per_s")
         );
+    }
+    if report.suite == "replicate" {
+        println!();
+        println!(
+            "replicate_tcp_mb / raw_loopback_tcp_mb   {}",
+            ratio("replicate_tcp_mb_per_s", "raw_loopback_tcp_mb_per_s")
+        );
+        println!(
+            "replicate_quic_mb / raw_loopback_tcp_mb  {}",
+            ratio("replicate_quic_mb_per_s", "raw_loopback_tcp_mb_per_s")
+        );
+        println!(
+            "replicate_tcp_per_s                      {}  (target >= 150,000)",
+            value("replicate_tcp_per_s")
+        );
+    }
+    if report.suite == "epoch" {
+        println!();
+        println!(
+            "join_full_replay_ms / join_epoch_ms      {}  (target >= 20x)",
+            match (
+                report.figure("join_full_replay_ms"),
+                report.figure("join_epoch_ms")
+            ) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.1}x", x / y),
+                _ => "-".into(),
+            }
+        );
+        println!(
+            "join_epoch_bytes / snapshot_bytes        {}  (target <= 150%)",
+            ratio("join_epoch_bytes", "snapshot_bytes")
+        );
+        println!(
+            "reopen_epoch_ms                          {}  (target <= 100)",
+            value("reopen_epoch_ms")
+        );
+        println!("(joins run in one process: no network; the bytes are those that would cross it)");
     }
     if report.suite == "feeds" {
         println!();

@@ -213,6 +213,8 @@ pub struct Welcome {
     /// Device invitations: the new device's delegation chain (`AuthorizedDevice` links from the
     /// identity to the device), to build its `DeviceSigner`. Empty for space invitations.
     pub delegation: Vec<Credential>,
+    /// The space's genesis feed, if the host named it.
+    pub genesis_feed: Option<PublicKey>,
 }
 
 impl Welcome {
@@ -254,6 +256,27 @@ pub enum InviteRefusal {
 }
 
 impl InviteRefusal {
+    /// What the refusal means for the user, and what to do.
+    pub fn describe(self) -> String {
+        match self {
+            InviteRefusal::UnknownInvitation => {
+                "the host does not know this invitation (it ended, or the code is from another host); ask for a new code".into()
+            }
+            InviteRefusal::Expired => "the invitation expired; ask for a new code".into(),
+            InviteRefusal::Used => "the invitation was already used; ask for a new code".into(),
+            InviteRefusal::TooManyAttempts => {
+                "too many wrong attempts; the invitation is cancelled, ask for a new code".into()
+            }
+            InviteRefusal::BadProof => {
+                "a proof of the invitation secret did not hold (a damaged code?)".into()
+            }
+            InviteRefusal::AuthFailed => "the auth code was wrong".into(),
+            InviteRefusal::Cancelled => "the host cancelled the invitation".into(),
+            InviteRefusal::ProtocolError => "a protocol error".into(),
+            InviteRefusal::Unknown(value) => format!("reason {value}, unknown to this version"),
+        }
+    }
+
     fn to_proto(self) -> i32 {
         match self {
             InviteRefusal::UnknownInvitation => pb::InviteRefusal::UnknownInvitation as i32,
@@ -403,7 +426,7 @@ pub enum InviteError {
         reason: &'static str,
     },
     /// The peer refused.
-    #[error("invitation {invitation}: the peer refused: {reason:?}")]
+    #[error("invitation {invitation}: the peer refused: {}", reason.describe())]
     Refused {
         /// The invitation.
         invitation: InvitationId,
@@ -504,6 +527,22 @@ fn encode(body: Body) -> Option<Bytes> {
             None
         }
     }
+}
+
+/// The frame that refuses a guest before any session exists (e.g. an unknown invitation id).
+pub fn refusal_frame(reason: InviteRefusal) -> Option<Bytes> {
+    encode(refusal_body(reason))
+}
+
+/// The invitation id a guest's first frame (`InviteHello`) names, if `frame` is one.
+pub fn hello_invitation(frame: &[u8]) -> Option<InvitationId> {
+    use echodb_proto::Message as _;
+    let message = pb::InviteMessage::decode(frame).ok()?;
+    let Some(Body::Hello(hello)) = message.body else {
+        return None;
+    };
+    let id: [u8; code::ID_LEN] = hello.invitation_id.as_ref().try_into().ok()?;
+    Some(InvitationId(id))
 }
 
 fn refusal_body(reason: InviteRefusal) -> Body {

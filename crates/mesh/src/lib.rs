@@ -63,3 +63,4 @@ pub mod signal;
 pub use discovery::DiscoveryKey;
 pub use entropy::{Entropy, OsEntropy, SeededEntropy};
 pub use frame::{FrameDecoder, FrameError};
+pub use libp2p::{Multiaddr, PeerId};

@@ -18,6 +18,8 @@
 //!   again after it disconnects, with exponential backoff.
 
 mod driver;
+pub mod invite;
+mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -40,6 +42,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use driver::DriveError;
+pub use status::{SessionStatus, StatusBoard};
 
 use crate::discovery::DiscoveryKey;
 use crate::replicate::{self, Membership, ReplicateConfig, Session};
@@ -227,6 +230,14 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// Register under a key at the signal servers (an invitation's host).
+    Announce(DiscoveryKey),
+    /// Stop registering under a key.
+    Withdraw(DiscoveryKey),
+    /// Look a key up at the signal servers and dial whoever is registered.
+    Find(DiscoveryKey),
+    /// Memberships changed: open the sessions connected peers now qualify for.
+    Reopen,
     SessionEnded {
         peer: PeerId,
         space: DiscoveryKey,
@@ -236,13 +247,25 @@ enum Command {
 }
 
 /// A running node. Dropping it stops it (connections close, session tasks end).
-#[derive(Debug)]
 pub struct Node {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
+    board: StatusBoard,
+    membership: watch::Sender<u64>,
+    hosted: invite::HostedInvitations,
+    control: libp2p_stream::Control,
     commands: mpsc::Sender<Command>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.peer_id)
+            .field("listen_addrs", &self.listen_addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -251,6 +274,10 @@ impl std::fmt::Debug for Command {
             Command::AddSpace { .. } => "AddSpace",
             Command::Dial { .. } => "Dial",
             Command::ConnectedPeers { .. } => "ConnectedPeers",
+            Command::Announce(_) => "Announce",
+            Command::Withdraw(_) => "Withdraw",
+            Command::Find(_) => "Find",
+            Command::Reopen => "Reopen",
             Command::SessionEnded { .. } => "SessionEnded",
             Command::Shutdown => "Shutdown",
         })
@@ -382,9 +409,16 @@ impl Node {
         let incoming = control
             .accept(StreamProtocol::new(replicate::PROTOCOL))
             .map_err(|e| build(e.to_string()))?;
+        let invites = control
+            .accept(StreamProtocol::new(crate::invite::PROTOCOL))
+            .map_err(|e| build(e.to_string()))?;
         let (commands, commands_rx) = mpsc::channel(COMMANDS);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (membership, membership_rx) = watch::channel(0u64);
         let spaces: Spaces = Arc::default();
+        let board = StatusBoard::default();
+        let hosted = invite::HostedInvitations::default();
+        let invite_accept = tokio::spawn(invite::accept_loop(hosted.clone(), invites));
 
         let shared = Shared {
             local: peer_id,
@@ -393,8 +427,11 @@ impl Node {
             control,
             commands: commands.clone(),
             shutdown: shutdown_rx,
+            membership: membership_rx,
+            board: board.clone(),
             config,
         };
+        let user_control = control_of(&shared);
         let accept = tokio::spawn(accept_loop(shared.clone(), incoming));
         let mut driver = SwarmDriver {
             swarm,
@@ -404,7 +441,10 @@ impl Node {
             known: BTreeMap::new(),
             timers: Vec::new(),
             opening: HashSet::new(),
+            announced: HashSet::new(),
+            finding: HashSet::new(),
             accept,
+            invite_accept,
         };
         for addr in driver.shared.config.signal_servers.clone() {
             driver.dial(addr);
@@ -414,6 +454,10 @@ impl Node {
         Ok(Self {
             peer_id,
             listen_addrs,
+            board,
+            membership,
+            hosted,
+            control: user_control,
             commands,
             shutdown,
             task: Some(task),
@@ -457,6 +501,106 @@ impl Node {
         answer.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// The replication sessions running now and what each reports.
+    pub fn sessions(&self) -> Vec<SessionStatus> {
+        self.board.sessions()
+    }
+
+    /// Tells every session that a space's membership changed (a member or feed admitted, a
+    /// device revoked): each re-reads its [`Membership`](crate::replicate::Membership).
+    pub fn membership_changed(&self) {
+        self.membership.send_modify(|generation| *generation += 1);
+        let _ = self.commands.try_send(Command::Reopen);
+    }
+
+    /// Hosts `invitation`: guests that reach this node with its code are served by the
+    /// invitation core, signing as `issuer`; what happens comes out of the returned channel
+    /// (the application writes the credentials when asked). The invitation is announced at
+    /// the signal servers under its discovery key until [`Node::end_invitation`].
+    pub async fn host_invitation(
+        &self,
+        invitation: crate::invite::Invitation,
+        issuer: echodb_halo::DeviceSigner,
+    ) -> Result<mpsc::Receiver<invite::HostUpdate>, NodeError> {
+        let id = invitation.id();
+        let key = invitation.discovery_key();
+        let (updates, receiver) = mpsc::channel(16);
+        if let Ok(mut hosted) = self.hosted.lock() {
+            hosted.insert(
+                id,
+                invite::Hosted {
+                    invitation: Arc::new(tokio::sync::Mutex::new(invitation)),
+                    issuer: Arc::new(issuer),
+                    updates,
+                },
+            );
+        }
+        self.send(Command::Announce(key)).await?;
+        Ok(receiver)
+    }
+
+    /// Stops hosting an invitation: later guests are told it is unknown.
+    pub async fn end_invitation(&self, code: &crate::invite::InviteCode) {
+        if let Ok(mut hosted) = self.hosted.lock() {
+            hosted.remove(&code.id());
+        }
+        let _ = self.send(Command::Withdraw(code.discovery_key())).await;
+    }
+
+    /// Joins with `code`: reaches the code's host (its address hints, then the signal servers
+    /// under the code's discovery key) within `within`, and runs the guest's side. `keys` are
+    /// this device's identity, device and new feeds for the space.
+    pub async fn join_invitation(
+        &self,
+        code: crate::invite::InviteCode,
+        keys: crate::invite::GuestKeys,
+        within: Duration,
+    ) -> Result<invite::GuestHandle, NodeError> {
+        let host = peer_id_of(&code.host()).ok_or_else(|| NodeError::Dial {
+            addr: Multiaddr::empty(),
+            reason: format!("the code's host key {} is not a peer id", code.host()),
+        })?;
+        for hint in code.hints() {
+            match hint.parse::<Multiaddr>() {
+                Ok(addr) => {
+                    let addr = match addr.iter().last() {
+                        Some(Protocol::P2p(_)) => addr,
+                        _ => addr.with(Protocol::P2p(host)),
+                    };
+                    if let Err(error) = self.dial(addr.clone()).await {
+                        tracing::info!(%addr, %error, "the code's address hint did not work");
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(%hint, %error, "the code's address hint is not a multiaddr")
+                }
+            }
+        }
+        self.send(Command::Find(code.discovery_key())).await?;
+        let (updates_tx, updates) = mpsc::channel(16);
+        let (answers, answers_rx) = mpsc::channel(4);
+        let mut control = self.control.clone();
+        tokio::spawn(async move {
+            match invite::open_to_host(&mut control, host, within).await {
+                Ok(stream) => {
+                    invite::guest_run(stream, code, keys, updates_tx, answers_rx).await;
+                }
+                Err(reason) => {
+                    let _ = updates_tx
+                        .send(invite::GuestUpdate::Failed {
+                            error: format!(
+                                "invitation {}: the host {} was not reached within {within:?} ({reason}); is it online, and do both sides use the same signal server?",
+                                code.id(),
+                                code.host().short()
+                            ),
+                        })
+                        .await;
+                }
+            }
+        });
+        Ok(invite::GuestHandle { updates, answers })
+    }
+
     /// Stops the node and waits (at most 5 s) for its task to end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -492,7 +636,13 @@ struct Shared {
     control: libp2p_stream::Control,
     commands: mpsc::Sender<Command>,
     shutdown: watch::Receiver<bool>,
+    membership: watch::Receiver<u64>,
+    board: StatusBoard,
     config: NodeConfig,
+}
+
+fn control_of(shared: &Shared) -> libp2p_stream::Control {
+    shared.control.clone()
 }
 
 impl Shared {
@@ -504,6 +654,8 @@ impl Shared {
             open_timeout: self.config.open_timeout,
             stall_timeout: self.config.stall_timeout,
             shutdown: self.shutdown.clone(),
+            membership: self.membership.clone(),
+            board: self.board.clone(),
         }
     }
 
@@ -598,7 +750,12 @@ struct SwarmDriver {
     timers: Vec<(Instant, Timer)>,
     /// Sessions this side opened and that have not ended.
     opening: HashSet<(PeerId, DiscoveryKey)>,
+    /// Keys registered at the signal servers besides the spaces' (invitations).
+    announced: HashSet<DiscoveryKey>,
+    /// Keys looked up at the signal servers besides the spaces' (joins).
+    finding: HashSet<DiscoveryKey>,
     accept: JoinHandle<()>,
+    invite_accept: JoinHandle<()>,
 }
 
 impl SwarmDriver {
@@ -617,6 +774,7 @@ impl SwarmDriver {
             }
         }
         self.accept.abort();
+        self.invite_accept.abort();
         tracing::info!(peer_id = %self.shared.local, "node stopped");
     }
 
@@ -656,6 +814,43 @@ impl SwarmDriver {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Announce(key) => {
+                self.announced.insert(key);
+                for server in self.signal_servers.clone() {
+                    if self.swarm.is_connected(&server) {
+                        self.register(server, key);
+                    }
+                }
+            }
+            Command::Withdraw(key) => {
+                self.announced.remove(&key);
+                if let Ok(namespace) = rendezvous::Namespace::new(key.to_string()) {
+                    for server in self.signal_servers.clone() {
+                        if self.swarm.is_connected(&server) {
+                            self.swarm
+                                .behaviour_mut()
+                                .rendezvous
+                                .unregister(namespace.clone(), server);
+                        }
+                    }
+                }
+            }
+            Command::Reopen => {
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for key in self.space_keys() {
+                    for peer in &peers {
+                        self.open(*peer, key);
+                    }
+                }
+            }
+            Command::Find(key) => {
+                for server in self.signal_servers.clone() {
+                    if self.swarm.is_connected(&server) {
+                        self.discover(server, key);
+                    }
+                }
+                self.finding.insert(key);
+            }
             Command::SessionEnded {
                 peer,
                 space,
@@ -663,13 +858,17 @@ impl SwarmDriver {
             } => {
                 self.opening.remove(&(peer, space));
                 // A session that had been running ended (the stream or connection broke):
-                // open a new one if the peer is still there. One that never got going (refused,
-                // limit reached) waits for the next connection.
-                if established && self.swarm.is_connected(&peer) {
-                    self.timers.push((
-                        Instant::now() + self.shared.config.redial_min,
-                        Timer::Reopen(peer, space),
-                    ));
+                // open a new one if the peer is still there.
+                // A session refused before it started is tried again a little later: the
+                // remote may not hold the space yet (a guest that is about to be welcomed).
+                if self.swarm.is_connected(&peer) {
+                    let delay = if established {
+                        self.shared.config.redial_min
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    self.timers
+                        .push((Instant::now() + delay, Timer::Reopen(peer, space)));
                 }
             }
             Command::Shutdown => {}
@@ -758,9 +957,13 @@ impl SwarmDriver {
                 }
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if self.signal_servers.contains(&peer_id) {
-                    let keys: Vec<DiscoveryKey> = self.space_keys();
+                    let mut keys: Vec<DiscoveryKey> = self.space_keys();
+                    keys.extend(self.announced.iter().copied());
                     for key in keys {
                         self.register(peer_id, key);
+                    }
+                    for key in self.finding.clone() {
+                        self.discover(peer_id, key);
                     }
                     return;
                 }
@@ -864,8 +1067,25 @@ impl SwarmDriver {
             .discover(Some(namespace), None, Some(64), server);
     }
 
+    fn discover(&mut self, server: PeerId, key: DiscoveryKey) {
+        if let Ok(namespace) = rendezvous::Namespace::new(key.to_string()) {
+            self.swarm
+                .behaviour_mut()
+                .rendezvous
+                .discover(Some(namespace), None, Some(64), server);
+        }
+    }
+
     fn discover_all(&mut self) {
-        let keys = self.space_keys();
+        let mut keys = self.space_keys();
+        keys.extend(self.announced.iter().copied());
+        for server in self.signal_servers.clone() {
+            if self.swarm.is_connected(&server) {
+                for key in self.finding.clone() {
+                    self.discover(server, key);
+                }
+            }
+        }
         for server in self.signal_servers.clone() {
             if !self.swarm.is_connected(&server) {
                 continue;

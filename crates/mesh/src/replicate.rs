@@ -15,11 +15,19 @@
 //! a member. A non-member gets one `ReplicateRefused` frame and nothing else: no heads, no
 //! blocks, not even whether this side holds the space.
 //!
-//! Received ranges are imported by the session itself through [`FeedStore::import`] (verified,
-//! all-or-nothing). The session is sans-IO with respect to the network; storage calls are
-//! synchronous, so the result of an import (new length, fork, refusal) decides the next request
-//! within the same call, and a simulator sees exactly what a real node does. A tokio driver runs
-//! `handle_input` where blocking is allowed (`spawn_blocking` or a dedicated thread).
+//! Requests are pipelined: per feed, a chain of requests is in flight, the first from the store's
+//! length and each further one marked `follow` (the responder continues where its previous answer
+//! for that feed ended, so the requester never needs to know where the responder's signed blocks
+//! are). [`ReplicateConfig::outstanding_requests`] × [`ReplicateConfig::request_bytes`] bounds
+//! what is on its way to this side.
+//!
+//! Received ranges are imported by the session itself (verified, all-or-nothing): those
+//! completed by one [`Session::handle_inputs`] call together, through [`FeedStore::import_many`],
+//! which verifies one while it stores the one before. The session is sans-IO with respect to the
+//! network; storage calls are synchronous, so the result of an import (new length, fork,
+//! refusal) decides the next request within the same call, and a simulator sees exactly what a
+//! real node does. A tokio driver runs `handle_input(s)` where blocking is allowed
+//! (`spawn_blocking` or a dedicated thread).
 //!
 //! See `docs/protocol.md`, "Replication", for the messages and the state machine.
 
@@ -60,11 +68,11 @@ pub const MAX_FEEDS: usize = 65_536;
 pub const MAX_HEADS_PER_FRAME: usize = 8192;
 
 /// Per-session settings. The defaults keep at most 4 requests of 4 MiB in flight, so a session
-/// has at most ~16 MiB (plus one signed batch per feed) on the way to it at any time.
+/// has at most ~16 MiB (plus one signed batch per response) on the way to it at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicateConfig {
-    /// Requests this side keeps outstanding (at most one per feed); capped at
-    /// [`MAX_OUTSTANDING_REQUESTS`].
+    /// Requests this side keeps outstanding, several per feed when a feed is far behind; capped
+    /// at [`MAX_OUTSTANDING_REQUESTS`].
     pub outstanding_requests: usize,
     /// Blocks asked for per request.
     pub request_blocks: u32,
@@ -343,10 +351,33 @@ impl State {
     }
 }
 
+/// One of this side's requests awaiting its response.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     feed: PublicKey,
+    /// The request's `to` bound (0: none).
+    to: u64,
+}
+
+/// This side's pipeline of requests for one feed: responses come in request order, each
+/// starting where the one before it ended.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    /// Requests of this feed awaiting responses.
+    outstanding: usize,
+    /// Where the next response of the chain must start: the first request's `from`, then the
+    /// end of the last range received.
+    next: u64,
+}
+
+/// A received range, checked against its request and waiting to be imported at the end of the
+/// `handle_input` call that completed it (so several can be imported as one pipelined batch).
+#[derive(Debug)]
+struct Received {
+    feed: PublicKey,
+    /// Its first block.
     from: u64,
+    range: feed_pb::SignedRange,
 }
 
 /// Reads the first frame of an accepted stream: which space the opener wants.
@@ -436,12 +467,20 @@ pub struct Session<M> {
     remote_heads: BTreeMap<PublicKey, u64>,
     /// This side's requests awaiting a response (at most `outstanding_requests`).
     in_flight: BTreeMap<u64, InFlight>,
-    in_flight_feeds: BTreeSet<PublicKey>,
+    /// Per feed with requests in flight: the pipeline's position (at most `outstanding_requests`
+    /// entries).
+    chains: BTreeMap<PublicKey, Chain>,
+    /// Ranges received in the current `handle_input` call, not imported yet (at most one per
+    /// outstanding request).
+    received: Vec<Received>,
     next_request: u64,
     /// Where the next scan for feeds to request starts, so feeds take turns.
     cursor: Option<PublicKey>,
     /// The remote's requests not served yet (at most [`MAX_OUTSTANDING_REQUESTS`]).
     incoming: VecDeque<pb::RangeRequest>,
+    /// Per feed, where this side's last response to the remote ended: a `follow` request
+    /// continues there (at most [`MAX_FEEDS`] entries).
+    served: BTreeMap<PublicKey, u64>,
     /// Feeds found forked: not requested again.
     forked: BTreeSet<PublicKey>,
     /// Events: two flags and the forks not yet reported (each feed forks once).
@@ -549,10 +588,12 @@ impl<M: Membership> Session<M> {
             told: BTreeMap::new(),
             remote_heads: BTreeMap::new(),
             in_flight: BTreeMap::new(),
-            in_flight_feeds: BTreeSet::new(),
+            chains: BTreeMap::new(),
+            received: Vec::new(),
             next_request: 0,
             cursor: None,
             incoming: VecDeque::new(),
+            served: BTreeMap::new(),
             forked: BTreeSet::new(),
             established_event: false,
             synced: false,
@@ -592,6 +633,23 @@ impl<M: Membership> Session<M> {
         self.synced
     }
 
+    /// What the remote said it holds, per space feed (its announced lengths).
+    pub fn remote_heads(&self) -> &BTreeMap<PublicKey, u64> {
+        &self.remote_heads
+    }
+
+    /// What the remote holds or has been sent, per space feed: its announced lengths, raised
+    /// to where this side's responses to it ended. (A remote does not re-announce a feed
+    /// after importing what it asked for, so announced lengths alone lag.)
+    pub fn remote_reach(&self) -> BTreeMap<PublicKey, u64> {
+        let mut reach = self.remote_heads.clone();
+        for (feed, end) in &self.served {
+            let entry = reach.entry(*feed).or_insert(0);
+            *entry = (*entry).max(*end);
+        }
+        reach
+    }
+
     /// The session's counters.
     pub fn stats(&self) -> SessionStats {
         self.stats
@@ -623,43 +681,57 @@ impl<M: Membership> Session<M> {
     /// Bytes read from the stream. Every complete frame is handled at once (a received range
     /// is verified and imported here). On error the session is closed and a final refusal may
     /// be waiting in [`Session::poll_transmit`]; nothing of a refused range is stored.
-    pub fn handle_input(&mut self, mut input: &[u8]) -> Result<(), SessionError> {
-        while self.state != State::Closed {
-            let frame = match self.decoder.next_frame(&mut input) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(source) => {
-                    return Err(self.fail(SessionError::Frame {
-                        remote: self.remote,
-                        source,
-                    }));
+    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), SessionError> {
+        self.handle_inputs([input])
+    }
+
+    /// [`Session::handle_input`] over several chunks read from the stream, in order. The ranges
+    /// they complete are imported together at the end of the call: verifying one overlaps
+    /// storing the one before ([`FeedStore::import_many`]), each still all or nothing.
+    pub fn handle_inputs<'a>(
+        &mut self,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), SessionError> {
+        let mut result = Ok(());
+        'chunks: for mut input in chunks {
+            while self.state != State::Closed {
+                match self.next_message(&mut input) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => {
+                        result = Err(error);
+                        break 'chunks;
+                    }
                 }
-            };
-            self.stats.frames_received += 1;
-            let len = frame.len();
-            let message: pb::ReplicateMessage = match self.decoder.decode(frame) {
-                Ok(message) => message,
-                Err(source) => {
-                    return Err(self.fail(SessionError::Frame {
-                        remote: self.remote,
-                        source,
-                    }));
-                }
-            };
-            let Some(body) = message.body else {
-                let source = self.decoder.empty(len);
-                return Err(self.fail(SessionError::Frame {
-                    remote: self.remote,
-                    source,
-                }));
-            };
-            if let Err(error) = self.handle_message(body) {
-                return Err(self.fail(error));
             }
+        }
+        // Ranges that arrived before a failing frame were asked for and are verified like any
+        // other: they are kept.
+        let imported = self.import_received();
+        if let Err(error) = result.and(imported) {
+            return Err(self.fail(error));
         }
         self.schedule_requests();
         self.check_synced();
         Ok(())
+    }
+
+    /// Takes the next complete frame from `input` and handles it; `false` when `input` ran out
+    /// first.
+    fn next_message(&mut self, input: &mut &[u8]) -> Result<bool, SessionError> {
+        let remote = self.remote;
+        let frame_error = |source| SessionError::Frame { remote, source };
+        let Some(frame) = self.decoder.next_frame(input).map_err(frame_error)? else {
+            return Ok(false);
+        };
+        self.stats.frames_received += 1;
+        let len = frame.len();
+        let message: pb::ReplicateMessage = self.decoder.decode(frame).map_err(frame_error)?;
+        let Some(body) = message.body else {
+            return Err(frame_error(self.decoder.empty(len)));
+        };
+        self.handle_message(body)?;
+        Ok(true)
     }
 
     /// The store holds `length` blocks of `feed` now (a [`echodb_feed_store::FeedEvent`], local
@@ -811,11 +883,13 @@ impl<M: Membership> Session<M> {
                 None => self.remote_heads.entry(feed).or_insert(0),
             };
             *entry = (*entry).max(head.length);
-            // Never announce back what the remote has.
+            // Never announce back what the remote has more of. An equal length is still
+            // announced once: it tells the remote this side holds that much, which is how
+            // each side knows when both hold the same (sync status).
             if self
                 .announce
                 .get(&feed)
-                .is_some_and(|len| *len <= head.length)
+                .is_some_and(|len| *len < head.length)
             {
                 self.announce.remove(&feed);
             }
@@ -825,25 +899,38 @@ impl<M: Membership> Session<M> {
 
     fn handle_response(&mut self, response: pb::RangeResponse) -> Result<(), SessionError> {
         let remote = self.remote;
-        let Some(InFlight { feed, from }) = self.in_flight.remove(&response.id) else {
-            return Err(SessionError::UnknownResponse {
-                remote,
-                id: response.id,
-            });
+        let unknown = SessionError::UnknownResponse {
+            remote,
+            id: response.id,
         };
-        self.in_flight_feeds.remove(&feed);
+        let Some(InFlight { feed, to }) = self.in_flight.remove(&response.id) else {
+            return Err(unknown);
+        };
+        // Every request in flight belongs to its feed's chain.
+        let Some(chain) = self.chains.get_mut(&feed) else {
+            return Err(unknown);
+        };
+        chain.outstanding = chain.outstanding.saturating_sub(1);
+        let expected = chain.next;
+        if chain.outstanding == 0 {
+            self.chains.remove(&feed);
+        }
         let Some(range) = response.range else {
-            // Nothing there: forget the remote's claim beyond what is held, until it announces again.
-            let held = self.store.length(&feed);
-            if let Some(len) = self.remote_heads.get_mut(&feed) {
-                *len = (*len).min(held);
+            // Nothing from `expected` (up to `to`). Short of `to`, the remote does not have what
+            // it announced (or no longer serves it): forget its claim beyond what is held here,
+            // until it announces again.
+            let reached = expected.max(self.store.length(&feed));
+            if (to == 0 || reached < to)
+                && let Some(len) = self.remote_heads.get_mut(&feed)
+            {
+                *len = (*len).min(reached);
             }
             return Ok(());
         };
         let wrong = |reason| SessionError::WrongRange {
             remote,
             feed,
-            from: Seq(from),
+            from: Seq(expected),
             reason,
         };
         if range.feed_key.as_ref() != feed.as_bytes() {
@@ -855,12 +942,56 @@ impl<M: Membership> Session<M> {
         let first_seq = feed_pb::Block::decode(first.clone())
             .map_err(|_| wrong("its first block does not decode"))?
             .seq;
-        if first_seq != from {
+        // Responses come in request order, and each of a feed's chain starts where the one
+        // before it ended: an import never waits for missing blocks.
+        if first_seq != expected {
             return Err(wrong("it does not start at the block asked for"));
         }
-        self.stats.blocks_received += range.blocks.len() as u64;
+        let blocks = range.blocks.len() as u64;
+        if let Some(chain) = self.chains.get_mut(&feed) {
+            chain.next = expected + blocks;
+        }
+        self.stats.blocks_received += blocks;
         self.stats.block_bytes_received += range.blocks.iter().map(|b| b.len() as u64).sum::<u64>();
-        match self.store.import(&range) {
+        self.received.push(Received {
+            feed,
+            from: expected,
+            range,
+        });
+        Ok(())
+    }
+
+    /// Imports the ranges received in this `handle_input` call, in order.
+    fn import_received(&mut self) -> Result<(), SessionError> {
+        if self.received.is_empty() {
+            return Ok(());
+        }
+        let received = std::mem::take(&mut self.received);
+        let starts: Vec<(PublicKey, u64)> = received.iter().map(|r| (r.feed, r.from)).collect();
+        let results = if received.len() == 1 {
+            // One range alone: `import` spreads a large range's hashing over every core.
+            received
+                .iter()
+                .map(|r| self.store.import(&r.range))
+                .collect()
+        } else {
+            self.store
+                .import_many(received.into_iter().map(|r| r.range))
+        };
+        for ((feed, from), result) in starts.into_iter().zip(results) {
+            self.imported(feed, from, result)?;
+        }
+        Ok(())
+    }
+
+    fn imported(
+        &mut self,
+        feed: PublicKey,
+        from: u64,
+        result: Result<Imported, ImportError>,
+    ) -> Result<(), SessionError> {
+        let remote = self.remote;
+        match result {
             Ok(Imported::Stored { added, length }) => {
                 self.stats.blocks_stored += added;
                 tracing::trace!(remote = %remote.short(), feed = %feed.short(), added, length, "range imported");
@@ -868,10 +999,15 @@ impl<M: Membership> Session<M> {
             }
             Ok(Imported::Duplicate) => Ok(()),
             // The range starts where it was asked to, which is never past what is held.
-            Ok(Imported::Waiting) => Err(wrong("it does not attach to the blocks held")),
+            Ok(Imported::Waiting) => Err(SessionError::WrongRange {
+                remote,
+                feed,
+                from: Seq(from),
+                reason: "it does not attach to the blocks held",
+            }),
             Err(ImportError::Forked { seq, .. } | ImportError::ForkDetected { seq, .. }) => {
-                tracing::warn!(remote = %remote.short(), feed = %feed.short(), %seq, "feed is forked; no longer replicated");
                 if self.forked.insert(feed) {
+                    tracing::warn!(remote = %remote.short(), feed = %feed.short(), %seq, "feed is forked; no longer replicated");
                     self.fork_events.push_back((feed, seq));
                 }
                 Ok(())
@@ -902,20 +1038,39 @@ impl<M: Membership> Session<M> {
         }
         let range = match PublicKey::from_slice(&request.feed) {
             Ok(feed) if self.membership.is_space_feed(&feed) => {
-                let max_blocks = request.max_blocks.clamp(1, self.config.serve_blocks.max(1));
-                let max_bytes = request.max_bytes.clamp(1, self.config.serve_bytes.max(1));
-                match self.store.signed_range(
-                    &feed,
-                    Seq(request.from),
-                    max_blocks as usize,
-                    max_bytes as usize,
-                ) {
-                    Ok(range) => range,
-                    Err(error) => {
-                        tracing::warn!(feed = %feed.short(), from = request.from, %error, "cannot read a range to serve; answering with nothing");
-                        None
+                let start = if request.follow {
+                    self.served.get(&feed).copied().unwrap_or(request.from)
+                } else {
+                    request.from
+                };
+                let to = if request.to == 0 {
+                    u64::MAX
+                } else {
+                    request.to
+                };
+                let range = if start >= to {
+                    None
+                } else {
+                    let max_blocks =
+                        u64::from(request.max_blocks.clamp(1, self.config.serve_blocks.max(1)))
+                            .min(to - start);
+                    let max_bytes = request.max_bytes.clamp(1, self.config.serve_bytes.max(1));
+                    match self.store.signed_range(
+                        &feed,
+                        Seq(start),
+                        usize::try_from(max_blocks).unwrap_or(usize::MAX),
+                        max_bytes as usize,
+                    ) {
+                        Ok(range) => range,
+                        Err(error) => {
+                            tracing::warn!(feed = %feed.short(), from = start, %error, "cannot read a range to serve; answering with nothing");
+                            None
+                        }
                     }
-                }
+                };
+                let end = start + range.as_ref().map_or(0, |r| r.blocks.len() as u64);
+                self.note_served(feed, end);
+                range
             }
             // Unknown feeds, other spaces' feeds and bad keys get the same answer as a feed
             // with nothing to give, so a request reveals nothing.
@@ -943,6 +1098,15 @@ impl<M: Membership> Session<M> {
                 frame::encode(PROTOCOL, &empty, MAX_FRAME).ok()
             }
         }
+    }
+
+    /// Remembers where the last response for `feed` ended, for `follow` requests.
+    fn note_served(&mut self, feed: PublicKey, end: u64) {
+        if !self.served.contains_key(&feed) && self.served.len() >= MAX_FEEDS {
+            // More feeds than a session tracks: forget one (a requester pipelines a handful).
+            self.served.pop_first();
+        }
+        self.served.insert(feed, end);
     }
 
     fn heads_frame(&mut self) -> Option<Bytes> {
@@ -977,25 +1141,42 @@ impl<M: Membership> Session<M> {
         }
         let told = self.told.get(&feed).copied().unwrap_or(0);
         let has = self.remote_heads.get(&feed).copied().unwrap_or(0);
-        if length > told && length > has {
+        // Announced once per length even when the remote has as much: that is how the remote
+        // learns this side holds it (sync status). Longer remote feeds are not echoed.
+        if length > told && length >= has {
             let entry = self.announce.entry(feed).or_insert(length);
             *entry = (*entry).max(length);
         }
     }
 
+    /// Asks for what the remote has and this side lacks: for each space feed, a chain of
+    /// requests in flight (the first from the store's length, the rest `follow`ing it), up to
+    /// `outstanding_requests` in all; feeds take turns, one request each per round.
     fn schedule_requests(&mut self) {
         if self.state != State::Established {
             return;
         }
-        let mut wanted = Vec::new();
-        let free = self
+        let mut free = self
             .config
             .outstanding_requests
             .saturating_sub(self.in_flight.len());
-        if free == 0 {
-            return;
+        let per_response = self.blocks_per_response();
+        while free > 0 {
+            let wanted = self.wanted(free, per_response);
+            if wanted.is_empty() {
+                break;
+            }
+            free -= wanted.len();
+            for (feed, from, follow, to) in wanted {
+                self.request(feed, from, follow, to);
+            }
         }
-        // Scan from the cursor round the ring once, so every feed gets its turn.
+    }
+
+    /// One round of requests: at most `free`, at most one per feed, from the cursor round the
+    /// ring once so every feed gets its turn.
+    fn wanted(&self, free: usize, per_response: Option<u64>) -> Vec<(PublicKey, u64, bool, u64)> {
+        let mut wanted = Vec::new();
         let start = self.cursor;
         let after = start
             .map(|c| {
@@ -1012,35 +1193,73 @@ impl<M: Membership> Session<M> {
             if wanted.len() >= free {
                 break;
             }
-            if self.in_flight_feeds.contains(feed)
-                || self.forked.contains(feed)
-                || !self.membership.is_space_feed(feed)
-            {
+            if self.forked.contains(feed) || !self.membership.is_space_feed(feed) {
                 continue;
             }
-            let held = self.store.length(feed);
-            if *remote_len > held && self.store.forked_at(feed).is_none() {
-                wanted.push((*feed, held));
+            match self.chains.get(feed) {
+                None => {
+                    let held = self.store.length(feed);
+                    if *remote_len > held && self.store.forked_at(feed).is_none() {
+                        wanted.push((*feed, held, false, *remote_len));
+                    }
+                }
+                // A chain grows only once the session knows what a response carries, and only
+                // while what is asked for falls short of the remote's length.
+                Some(chain) => {
+                    let Some(per_response) = per_response else {
+                        continue;
+                    };
+                    let ahead = chain
+                        .next
+                        .saturating_add(per_response.saturating_mul(chain.outstanding as u64));
+                    if ahead < *remote_len {
+                        wanted.push((*feed, ahead, true, *remote_len));
+                    }
+                }
             }
         }
-        for (feed, from) in wanted {
-            let id = self.next_request;
-            self.next_request += 1;
-            let message = pb::ReplicateMessage {
-                body: Some(Body::Request(pb::RangeRequest {
-                    id,
-                    feed: Bytes::copy_from_slice(feed.as_bytes()),
-                    from,
-                    max_blocks: self.config.request_blocks,
-                    max_bytes: self.config.request_bytes,
-                })),
-            };
-            self.push_frame(&message);
-            self.in_flight.insert(id, InFlight { feed, from });
-            self.in_flight_feeds.insert(feed);
-            self.cursor = Some(feed);
-            self.stats.requests_sent += 1;
-        }
+        wanted
+    }
+
+    /// Blocks a full response is expected to carry: the request's limits over the mean block
+    /// received so far (`None` before any).
+    fn blocks_per_response(&self) -> Option<u64> {
+        let mean = self
+            .stats
+            .block_bytes_received
+            .checked_div(self.stats.blocks_received)?
+            .max(1);
+        Some(
+            (u64::from(self.config.request_bytes) / mean)
+                .clamp(1, u64::from(self.config.request_blocks)),
+        )
+    }
+
+    fn request(&mut self, feed: PublicKey, from: u64, follow: bool, to: u64) {
+        let id = self.next_request;
+        self.next_request += 1;
+        let message = pb::ReplicateMessage {
+            body: Some(Body::Request(pb::RangeRequest {
+                id,
+                feed: Bytes::copy_from_slice(feed.as_bytes()),
+                from,
+                max_blocks: self.config.request_blocks,
+                max_bytes: self.config.request_bytes,
+                to,
+                follow,
+            })),
+        };
+        self.push_frame(&message);
+        self.in_flight.insert(id, InFlight { feed, to });
+        self.chains
+            .entry(feed)
+            .or_insert(Chain {
+                outstanding: 0,
+                next: from,
+            })
+            .outstanding += 1;
+        self.cursor = Some(feed);
+        self.stats.requests_sent += 1;
     }
 
     fn check_synced(&mut self) {
@@ -1070,7 +1289,9 @@ impl<M: Membership> Session<M> {
         self.send_heads = false;
         self.incoming.clear();
         self.in_flight.clear();
-        self.in_flight_feeds.clear();
+        self.chains.clear();
+        self.received.clear();
+        self.served.clear();
     }
 
     /// Closes the session for `error`, queueing the refusal the remote should see.

@@ -414,6 +414,15 @@ impl GuestSession {
                 "they do not admit this guest's keys".into(),
             ));
         }
+        let genesis_feed = if welcome.genesis_feed.is_empty() {
+            None
+        } else {
+            Some(key(
+                invitation,
+                "welcome.genesis_feed",
+                &welcome.genesis_feed,
+            )?)
+        };
         Ok(Welcome {
             kind,
             identity,
@@ -421,6 +430,7 @@ impl GuestSession {
             space_feeds,
             credentials,
             delegation,
+            genesis_feed,
         })
     }
 

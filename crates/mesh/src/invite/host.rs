@@ -439,9 +439,16 @@ impl HostSession {
     /// The credentials of [`HostEvent::WriteCredentials`] are written (and processed): send the
     /// guest its welcome, naming `space_feeds` (the space's feeds the host knows, at most
     /// [`MAX_WELCOME_FEEDS`]; the host's own control feed must be among them).
-    pub fn credentials_written(
+    pub fn credentials_written(&mut self, space_feeds: Vec<PublicKey>) -> Result<(), InviteError> {
+        self.credentials_written_with_genesis(space_feeds, None)
+    }
+
+    /// [`HostSession::credentials_written`], naming the space's genesis feed in the welcome so
+    /// the guest can start its pipeline at once.
+    pub fn credentials_written_with_genesis(
         &mut self,
         mut space_feeds: Vec<PublicKey>,
+        genesis_feed: Option<PublicKey>,
     ) -> Result<(), InviteError> {
         let HostState::AwaitWrite { .. } = self.state else {
             return Err(InviteError::Misuse {
@@ -478,6 +485,9 @@ impl HostSession {
                 .collect(),
             credentials: credentials.iter().map(|c| c.to_bytes().into()).collect(),
             delegation: delegation.iter().map(|c| c.to_bytes().into()).collect(),
+            genesis_feed: genesis_feed
+                .map(|f| Bytes::copy_from_slice(f.as_bytes()))
+                .unwrap_or_default(),
         };
         self.outbox.extend(encode(Body::Welcome(welcome)));
         self.events.push_back(HostEvent::Completed { guest });

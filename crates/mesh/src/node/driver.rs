@@ -20,8 +20,10 @@ use crate::replicate::{OpenReader, Opened, Refusal, Session, SessionError, Sessi
 
 /// Bytes read from the stream per read call.
 const READ_CHUNK: usize = 64 * 1024;
-/// Chunks read ahead of the session (so at most 512 KiB wait in memory per session).
-const READ_AHEAD: usize = 8;
+/// Chunks read ahead of the session (so at most 4 MiB wait in memory per session). While the
+/// session imports what came before, the reader keeps taking the next responses off the stream,
+/// so the remote keeps sending: enough for about two default responses.
+const READ_AHEAD: usize = 64;
 /// How long a final frame (a refusal) may take to leave before the stream is dropped.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// How often the timeouts are checked.
@@ -115,6 +117,10 @@ pub(crate) struct Context {
     pub open_timeout: Duration,
     pub stall_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Bumped when a space's membership changed: the session re-reads it.
+    pub membership: watch::Receiver<u64>,
+    /// Where the session reports its progress (read by [`super::Node::sessions`]).
+    pub board: super::StatusBoard,
 }
 
 /// Aborts a task when dropped, so the reader and writer never outlive their session.
@@ -249,7 +255,8 @@ pub(crate) async fn run(
                     tracing::info!(%peer, %space, side = ?session.side(), "replication established")
                 }
                 SessionEvent::Synced => {
-                    tracing::debug!(%peer, %space, stats = ?session.stats(), "replication synced")
+                    tracing::debug!(%peer, %space, stats = ?session.stats(), "replication synced");
+                    ctx.board.report(peer, space, &session);
                 }
                 SessionEvent::Fork { feed, seq } => {
                     tracing::warn!(%peer, %space, feed = %feed.short(), seq = seq.0, "feed forked; no longer requested")
@@ -287,8 +294,10 @@ pub(crate) async fn run(
                         Err(_) => break,
                     }
                 }
+                // One call for all of them: the ranges they complete are imported as one
+                // pipelined batch.
                 let joined = tokio::task::spawn_blocking(move || {
-                    let result = chunks.iter().try_for_each(|chunk| session.handle_input(chunk));
+                    let result = session.handle_inputs(chunks.iter().map(|chunk| &chunk[..]));
                     (session, result)
                 })
                 .await;
@@ -319,7 +328,19 @@ pub(crate) async fn run(
                 }
                 want_write = true;
             }
+            changed = ctx.membership.changed() => {
+                if changed.is_err() {
+                    break Ok(Ended::Shutdown);
+                }
+                if let Err(source) = session.refresh() {
+                    break Err(DriveError::Session { peer, source });
+                }
+                want_write = true;
+            }
             _ = tick.tick() => {
+                if session.is_established() {
+                    ctx.board.report(peer, space, &session);
+                }
                 let now = Instant::now();
                 if !session.is_established() && now.duration_since(started) >= ctx.open_timeout {
                     break Err(DriveError::OpenTimeout { peer, space, after: ctx.open_timeout });
@@ -338,6 +359,7 @@ pub(crate) async fn run(
     if matches!(result, Err(ref e) if !matches!(e, DriveError::Session { .. })) {
         session.close();
     }
+    ctx.board.remove(peer, space);
     finish(&mut session, output_tx, &mut writer).await;
     result
 }

@@ -263,6 +263,7 @@ fn a_non_member_receives_only_a_refusal() -> TestResult {
                 from: 0,
                 max_blocks: 100,
                 max_bytes: 1 << 20,
+                ..Default::default()
             })),
         },
         MAX_FRAME,
@@ -490,6 +491,7 @@ fn a_stalled_peer_does_not_make_the_other_side_buffer() -> TestResult {
                     from: 0,
                     max_blocks: 1,
                     max_bytes: 1,
+                    ..Default::default()
                 })),
             },
             MAX_FRAME,
@@ -550,6 +552,7 @@ fn feeds_outside_the_space_are_neither_announced_nor_served() -> TestResult {
                 from: 0,
                 max_blocks: 10,
                 max_bytes: 1 << 20,
+                ..Default::default()
             })),
         },
         MAX_FRAME,
@@ -561,5 +564,246 @@ fn feeds_outside_the_space_are_neither_announced_nor_served() -> TestResult {
         message.body,
         Some(Body::Response(pb::RangeResponse { id: 7, range: None }))
     );
+    Ok(())
+}
+
+/// Every frame `a` sends, split into the ranges of its responses (feed, first seq, blocks).
+fn ranges_in(frame: &Bytes) -> Result<Option<(u64, usize)>, Box<dyn Error>> {
+    let message = pb::ReplicateMessage::decode(&frame[crate::frame::LENGTH_PREFIX..])?;
+    let Some(Body::Response(response)) = message.body else {
+        return Ok(None);
+    };
+    let Some(range) = response.range else {
+        return Ok(Some((0, 0)));
+    };
+    let first = feed_pb::Block::decode(range.blocks[0].clone())?.seq;
+    Ok(Some((first, range.blocks.len())))
+}
+
+#[test]
+fn a_feed_far_behind_is_fetched_by_a_pipeline_of_follow_requests() -> TestResult {
+    let f1 = KeyPair::generate();
+    let s = setup(&[&f1]);
+    // Signed every 7 blocks: no request boundary falls on a signed block.
+    fill(&s.at_alice, &f1, 5000, 7, 40)?;
+    let config = ReplicateConfig {
+        outstanding_requests: 4,
+        request_blocks: 250,
+        ..ReplicateConfig::default()
+    };
+    let (mut a, mut b) = connect(&s, config)?;
+    a.handle_input(&b.poll_transmit().ok_or("no heads")?)?;
+    b.handle_input(&a.poll_transmit().ok_or("no heads")?)?;
+    // Before Bob knows what a response carries, the feed gets one request.
+    let first: Vec<Bytes> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert_eq!(first.len(), 1);
+    a.handle_input(&first[0])?;
+    b.handle_input(&a.poll_transmit().ok_or("no response")?)?;
+    // Then a chain of four for the one feed.
+    assert_eq!(b.outstanding_requests(), 4);
+
+    let mut next = s.at_bob.length(&f1.public_key());
+    assert_eq!(
+        next, 245,
+        "the first range ends on the last signed block within 250"
+    );
+    let mut max_in_flight = 0;
+    loop {
+        let requests: Vec<Bytes> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        for request in &requests {
+            a.handle_input(request)?;
+        }
+        max_in_flight = max_in_flight.max(b.outstanding_requests());
+        let Some(response) = a.poll_transmit() else {
+            break;
+        };
+        // Responses of the chain are contiguous: each starts where the one before ended.
+        if let Some((start, blocks)) = ranges_in(&response)?
+            && blocks > 0
+        {
+            assert_eq!(start, next);
+            next += blocks as u64;
+        }
+        b.handle_input(&response)?;
+    }
+    assert_eq!(max_in_flight, 4);
+    assert_same_feed(&s.at_alice, &s.at_bob, &f1.public_key())?;
+    // Nothing crossed twice.
+    assert_eq!(b.stats().blocks_received, 5000);
+    assert!(b.is_synced());
+
+    // Bob, holding signatures only where his imported ranges ended, serves Carol the same way.
+    let carol = KeyPair::generate().public_key();
+    let at_carol = Arc::new(FeedStore::in_memory());
+    let members = Arc::new(TrustedSet::new([s.alice, s.bob, carol], [f1.public_key()]));
+    let mut to_carol = Session::open(
+        s.space,
+        carol,
+        s.at_bob.clone(),
+        members.clone(),
+        ReplicateConfig {
+            request_blocks: 100,
+            ..config
+        },
+    )?;
+    let open = to_carol.poll_transmit().ok_or("no open")?;
+    let mut input = &open[..];
+    let opened = OpenReader::new(s.bob)
+        .read(&mut input)?
+        .ok_or("incomplete")?;
+    let (mut at_c, result) = Session::accept(
+        s.space,
+        s.bob,
+        opened,
+        at_carol.clone(),
+        members,
+        ReplicateConfig {
+            request_blocks: 100,
+            ..config
+        },
+    );
+    result?;
+    shuttle(&mut to_carol, &mut at_c, usize::MAX)?;
+    assert_same_feed(&s.at_bob, &at_carol, &f1.public_key())?;
+    assert_eq!(at_c.stats().blocks_received, 5000);
+    Ok(())
+}
+
+#[test]
+fn a_to_bound_ends_a_range_and_follow_continues_after_it() -> TestResult {
+    let f1 = KeyPair::generate();
+    let s = setup(&[&f1]);
+    fill(&s.at_alice, &f1, 200, 7, 16)?;
+    let (mut a, mut b) = connect(&s, ReplicateConfig::default())?;
+    a.handle_input(&b.poll_transmit().ok_or("no heads")?)?;
+    b.handle_input(&a.poll_transmit().ok_or("no heads")?)?;
+    let _ = std::iter::from_fn(|| b.poll_transmit()).count();
+    let request = |id, from, to, follow| {
+        frame::encode(
+            PROTOCOL,
+            &pb::ReplicateMessage {
+                body: Some(Body::Request(pb::RangeRequest {
+                    id,
+                    feed: Bytes::copy_from_slice(f1.public_key().as_bytes()),
+                    from,
+                    max_blocks: 1000,
+                    max_bytes: 1 << 20,
+                    to,
+                    follow,
+                })),
+            },
+            MAX_FRAME,
+        )
+    };
+    a.handle_input(&request(50, 0, 100, false)?)?;
+    a.handle_input(&request(51, 999, 150, true)?)?;
+    a.handle_input(&request(52, 0, 150, true)?)?;
+    a.handle_input(&request(53, 0, 150, true)?)?;
+    a.handle_input(&request(54, 3, 4, false)?)?;
+    // Ends on the last signed block before `to` (blocks 0..98: fourteen batches of seven).
+    assert_eq!(
+        ranges_in(&a.poll_transmit().ok_or("no 50")?)?,
+        Some((0, 98))
+    );
+    // `follow` ignores `from`: it continues at 98, up to the last signed block before 150.
+    assert_eq!(
+        ranges_in(&a.poll_transmit().ok_or("no 51")?)?,
+        Some((98, 49))
+    );
+    // No signed block between there and `to`: the range still reaches the first one (153).
+    assert_eq!(
+        ranges_in(&a.poll_transmit().ok_or("no 52")?)?,
+        Some((147, 7))
+    );
+    // Already past `to`: an empty answer.
+    assert_eq!(ranges_in(&a.poll_transmit().ok_or("no 53")?)?, Some((0, 0)));
+    // A request that does not follow starts where it says.
+    assert_eq!(ranges_in(&a.poll_transmit().ok_or("no 54")?)?, Some((3, 4)));
+    Ok(())
+}
+
+#[test]
+fn pipelining_keeps_what_is_on_the_way_within_the_window() -> TestResult {
+    let feeds: Vec<KeyPair> = (0..3).map(|_| KeyPair::generate()).collect();
+    let s = setup(&feeds.iter().collect::<Vec<_>>());
+    for feed in &feeds {
+        fill(&s.at_alice, feed, 2000, 10, 1000)?; // ~2 MB per feed, signed every ~10 KB
+    }
+    let config = ReplicateConfig {
+        outstanding_requests: 5,
+        request_bytes: 64 << 10,
+        ..ReplicateConfig::default()
+    };
+    let window = config.outstanding_requests * (config.request_bytes as usize + (12 << 10));
+    let (mut a, mut b) = connect(&s, config)?;
+    // Alice's frames wait on a wire that Bob reads only every fourth turn: a slow reader.
+    let mut wire: VecDeque<Bytes> = VecDeque::new();
+    let mut turn = 0u32;
+    loop {
+        turn += 1;
+        let mut progress = false;
+        while let Some(frame) = b.poll_transmit() {
+            a.handle_input(&frame)?;
+            progress = true;
+        }
+        assert!(b.outstanding_requests() <= config.outstanding_requests);
+        // Alice answers only what was asked: at most one frame per request in flight.
+        while let Some(frame) = a.poll_transmit() {
+            wire.push_back(frame);
+            progress = true;
+        }
+        let on_the_way: usize = wire.iter().map(Bytes::len).sum();
+        assert!(on_the_way <= window, "{on_the_way} bytes on the way");
+        assert_eq!(a.buffered_bytes(), 0);
+        if turn.is_multiple_of(4) || !progress {
+            // Several responses in one call: imported as one pipelined batch.
+            let frames: Vec<Bytes> = wire.drain(..).collect();
+            b.handle_inputs(frames.iter().map(|f| &f[..]))?;
+            progress |= !frames.is_empty();
+        }
+        if !progress {
+            break;
+        }
+    }
+    for feed in &feeds {
+        assert_same_feed(&s.at_alice, &s.at_bob, &feed.public_key())?;
+    }
+    assert!(b.is_synced());
+    assert_eq!(b.stats().blocks_received, 6000);
+    Ok(())
+}
+
+#[test]
+fn a_tampered_range_in_a_batch_keeps_the_ranges_before_it() -> TestResult {
+    let f1 = KeyPair::generate();
+    let s = setup(&[&f1]);
+    fill(&s.at_alice, &f1, 400, 10, 16)?;
+    let config = ReplicateConfig {
+        request_blocks: 50,
+        ..ReplicateConfig::default()
+    };
+    let (mut a, mut b) = connect(&s, config)?;
+    a.handle_input(&b.poll_transmit().ok_or("no heads")?)?;
+    b.handle_input(&a.poll_transmit().ok_or("no heads")?)?;
+    a.handle_input(&b.poll_transmit().ok_or("no request")?)?;
+    b.handle_input(&a.poll_transmit().ok_or("no response")?)?;
+    assert_eq!(s.at_bob.length(&f1.public_key()), 50);
+    let requests: Vec<Bytes> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert_eq!(requests.len(), 4);
+    for request in &requests {
+        a.handle_input(request)?;
+    }
+    let mut responses: Vec<Bytes> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert_eq!(responses.len(), 4);
+    responses[2] = tamper(&responses[2])?;
+    let result = b.handle_inputs(responses.iter().map(|r| &r[..]));
+    assert!(
+        matches!(result, Err(SessionError::BadRange { .. })),
+        "{result:?}"
+    );
+    // The two ranges before the bad one are stored; nothing of it is.
+    assert_eq!(s.at_bob.length(&f1.public_key()), 150);
+    assert!(b.is_closed());
+    assert_eq!(b.poll_transmit(), Some(Refusal::ProtocolError.frame()));
     Ok(())
 }
