@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use echodb_sim::{Fault, FaultKind, Options, Scenario, run};
 
 const HELP: &str = "\
-echodb-sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault flip-field=PEER]
+echodb-sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault KIND=PEER]
 
   SCENARIO   a name under xtask/scenarios/ (default baseline-20) or a path to a JSON file
   --seed N   seed of every random choice (default 1); same seed, same run, same log hash
@@ -17,6 +17,9 @@ echodb-sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault flip
   --fault flip-field=PEER
              test-only: PEER shows a state with one replicated field flipped; the run must
              then report a divergence naming the object and field
+  --fault wrong-order=PEER
+             test-only: PEER applies the blocks it holds in reverse causal order (as a pipeline
+             skipping the causal iterator would); the run must report a divergence
 ";
 
 fn scenarios_dir() -> PathBuf {
@@ -61,14 +64,16 @@ fn main() -> Result<()> {
             }
             "--fault" => {
                 let spec = value(&args, i, "--fault")?;
-                let Some(peer) = spec.strip_prefix("flip-field=") else {
-                    bail!("unknown fault {spec:?}; known: flip-field=PEER");
+                let (kind, peer) = match spec.split_once('=') {
+                    Some(("flip-field", peer)) => (FaultKind::FlipField, peer),
+                    Some(("wrong-order", peer)) => (FaultKind::WrongOrder, peer),
+                    _ => bail!("unknown fault {spec:?}; known: flip-field=PEER, wrong-order=PEER"),
                 };
                 fault = Some(Fault {
                     peer: peer
                         .parse()
-                        .context("flip-field=PEER takes a peer number")?,
-                    kind: FaultKind::FlipField,
+                        .with_context(|| format!("{spec:?}: PEER must be a peer number"))?,
+                    kind,
                 });
                 i += 1;
             }

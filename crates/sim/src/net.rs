@@ -26,6 +26,9 @@ pub enum Event {
         /// The frame.
         frame: Bytes,
     },
+    /// A peer's driver handles what arrived since its last batch: runs the pipeline and tells
+    /// the sessions of new blocks.
+    Settle(usize),
     /// A connection breaks (a lost frame on a reliable stream).
     Reset(u64),
     /// A link tries to connect.

@@ -79,14 +79,25 @@ pub struct Report {
     pub time_to_converge_ms: f64,
     /// Events processed.
     pub events: u64,
-    /// Wall-clock time of the run.
+    /// Wall-clock time of the run (after the setup).
     pub wall_ms: f64,
+    /// Wall-clock time of the setup: every initial peer replays the genesis and admissions.
+    pub setup_wall_ms: f64,
     /// Virtual time per wall time.
     pub speed: f64,
     /// Bytes each peer sent.
     pub bytes_sent: Spread,
     /// Frames (messages) each peer sent.
     pub frames_sent: Spread,
+    /// Bytes of the blocks each peer wrote during the run (encoded blocks, as stored).
+    pub bytes_written: Spread,
+    /// Bytes of every block written during the run, by all peers: what each peer must receive
+    /// (less its own) to converge.
+    pub space_bytes_written: u64,
+    /// Mean bytes sent per peer over `space_bytes_written`: the replication overhead per byte
+    /// of data. It stays flat as peers are added when what a peer sends grows with the data
+    /// written, not with the number of peers.
+    pub sent_per_byte_written: f64,
     /// Local writes appended.
     pub writes: u64,
     /// Local writes refused (a removed member's, once it knows).
@@ -99,6 +110,10 @@ pub struct Report {
     pub refused_connections: u64,
     /// Connections broken by loss.
     pub resets: u64,
+    /// Blocks sessions received (each range is verified, even when already held).
+    pub blocks_received: u64,
+    /// Blocks sessions stored (the rest were held already: received twice, from two links).
+    pub blocks_stored: u64,
     /// Invitations completed.
     pub invites_completed: usize,
     /// BLAKE3 of the event log (times, kinds, every frame's bytes, final states).
@@ -173,6 +188,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
+            "  blocks received {} of which stored {} (the rest came over two links at once)",
+            self.blocks_received, self.blocks_stored
+        );
+        let _ = writeln!(
+            s,
             "  sent per peer: bytes mean {} p99 {} max {}; frames mean {:.0} p99 {} max {}",
             kib(self.bytes_sent.mean),
             kib(self.bytes_sent.p99 as f64),
@@ -183,8 +203,16 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  {} events in {:.0} ms wall: {:.0}x real time",
-            self.events, self.wall_ms, self.speed
+            "  written: {} in all, per peer mean {} max {}; sent per peer / written in all: {:.2}",
+            kib(self.space_bytes_written as f64),
+            kib(self.bytes_written.mean),
+            kib(self.bytes_written.max as f64),
+            self.sent_per_byte_written
+        );
+        let _ = writeln!(
+            s,
+            "  {} events in {:.0} ms wall: {:.0}x real time (setup {:.0} ms wall before)",
+            self.events, self.wall_ms, self.speed, self.setup_wall_ms
         );
         let _ = write!(s, "  event log hash {}", self.log_hash);
         s

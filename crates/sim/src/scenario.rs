@@ -74,6 +74,12 @@ pub struct Scenario {
     /// Interval of the convergence samples drawn by `--svg`.
     #[serde(default = "default_sample")]
     pub sample_ms: u64,
+    /// A peer's driver batches what arrives: its pipeline runs, and its sessions hear of new
+    /// blocks, once per batch, at most this long (virtual µs) after the first arrival of the
+    /// batch (a real driver runs the pipeline on its own task the same way). 0: after every
+    /// frame.
+    #[serde(default = "default_batch")]
+    pub batch_us: u64,
 }
 
 fn default_degree() -> usize {
@@ -84,6 +90,9 @@ fn default_max_time() -> u64 {
 }
 fn default_sample() -> u64 {
     1000
+}
+fn default_batch() -> u64 {
+    2000
 }
 
 /// The link model. Streams are reliable and ordered (as Yamux/QUIC streams are): a frame is
@@ -242,6 +251,10 @@ pub enum FaultKind {
     /// The peer's state is its database with one replicated object's field `n` overwritten
     /// outside the feeds (in a branch that is never committed), as an apply bug would leave it.
     FlipField,
+    /// The peer's state is what a pipeline that skipped the causal iterator would build: every
+    /// block it holds, fed to a fresh HALO state machine and database in reverse causal order
+    /// (newest first). Credentials then come after the blocks they admit, so those are refused.
+    WrongOrder,
 }
 
 impl Scenario {
@@ -298,6 +311,12 @@ impl Scenario {
                     "{} is before duration_ms {}",
                     self.max_time_ms, self.duration_ms
                 ),
+            );
+        }
+        if self.batch_us > 60_000_000 {
+            return bad(
+                "batch_us",
+                format!("{} (allowed: 0..=60000000)", self.batch_us),
             );
         }
         if self.sample_ms == 0 {

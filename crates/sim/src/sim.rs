@@ -3,8 +3,9 @@
 //! Each peer holds an in-memory [`FeedStore`], a [`Space`] (the real pipeline: causal
 //! iterator, HALO state machine, database) and one replication [`Session`] per open link.
 //! Invited peers run the real [`HostSession`]/[`GuestSession`] cores first. The simulator only
-//! moves frames: `poll_transmit` when a stream can take a frame, `handle_input` when one
-//! arrives, `local_head` when a store grew, `refresh` when membership changed.
+//! moves frames: `poll_transmit` when a stream can take a frame, `handle_inputs` with the frames
+//! that arrived (batched per peer, see [`Scenario::batch_us`]), `local_head` when a store grew,
+//! `refresh` when membership changed.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,14 +15,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use echodb_echo::{
-    Database, FeedKeys, ObjectId, ObjectModel, PipelineError, Query, Space, TextModel, Value,
-    model::Model as _,
+    BlockOrigin, Config, Database, FeedKeys, ObjectId, ObjectModel, PipelineError, Query, Space,
+    TextModel, Value, model::Model as _,
 };
-use echodb_feed_store::{FeedEvent, FeedStore};
+use echodb_feed_store::{CausalIterator, Delivered, FeedEvent, FeedStore};
 use echodb_halo::{
-    Assertion, Claim, Credential, Cutoffs, Designation, DeviceSigner, Identity, KeyPair,
-    MemberFeeds, Profiles, PublicKey, Role, Seq, Signer as _, SpaceCreator, Timeframe, Timestamp,
-    create_space,
+    Assertion, BlockKind, Claim, ControlBlock, Credential, Cutoffs, Designation, DeviceSigner,
+    Identity, KeyPair, MemberFeeds, Profiles, PublicKey, Role, Seq, Signer as _, SpaceCreator,
+    SpaceStateMachine, Timeframe, Timestamp, create_space,
 };
 use echodb_mesh::SeededEntropy;
 use echodb_mesh::invite::{
@@ -31,6 +32,8 @@ use echodb_mesh::invite::{
 use echodb_mesh::replicate::{
     Membership, OpenReader, ReplicateConfig, Session, SessionError, TrustedSet,
 };
+use echodb_proto::Message as _;
+use echodb_proto::db::Mutations;
 use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::net::{Direction, Event, MS, Micros, Queue};
@@ -78,10 +81,15 @@ const DOC: &str = "sim.Doc";
 
 /// Membership as the peer's own space decides it, plus a bootstrap set (a guest trusts its host
 /// and the feeds of the welcome until its control feeds have replicated).
+///
+/// Member devices are the space's, copied once per membership change ([`Peer::note_members`]):
+/// asking the state machine lists every member per question, which costs O(members) on every
+/// request served.
 #[derive(Debug, Clone)]
 struct PeerMembership {
     space: Rc<RefCell<Option<Space>>>,
     trusted: Rc<RefCell<TrustedSet>>,
+    devices: Rc<RefCell<BTreeSet<PublicKey>>>,
 }
 
 impl Membership for PeerMembership {
@@ -89,10 +97,7 @@ impl Membership for PeerMembership {
         self.trusted
             .try_borrow()
             .is_ok_and(|t| t.is_member_device(device))
-            || self.space.try_borrow().is_ok_and(|s| {
-                s.as_ref()
-                    .is_some_and(|s| s.halo().is_member_device(device))
-            })
+            || self.devices.try_borrow().is_ok_and(|d| d.contains(device))
     }
     fn is_space_feed(&self, feed: &PublicKey) -> bool {
         self.trusted
@@ -114,6 +119,8 @@ struct Peer {
     store: Arc<FeedStore>,
     space: Rc<RefCell<Option<Space>>>,
     trusted: Rc<RefCell<TrustedSet>>,
+    /// The space's current member devices (see [`PeerMembership`]).
+    devices: Rc<RefCell<BTreeSet<PublicKey>>>,
     events: tokio::sync::broadcast::Receiver<FeedEvent>,
     online: bool,
     removed: bool,
@@ -125,6 +132,11 @@ struct Peer {
     bytes_sent: u64,
     frames_sent: u64,
     writes: u64,
+    /// Bytes of the blocks this peer wrote during the run (its data, and the owner's
+    /// credentials after the setup).
+    bytes_written: u64,
+    /// A `Settle` event is scheduled.
+    settle_pending: bool,
     last_change: Micros,
     /// Fingerprint hash as of the last sample (recomputed only when the peer changed).
     sampled: Option<[u8; 32]>,
@@ -140,7 +152,28 @@ impl Peer {
         PeerMembership {
             space: self.space.clone(),
             trusted: self.trusted.clone(),
+            devices: self.devices.clone(),
         }
+    }
+
+    /// Copies the space's member devices (non-revoked devices of current members) after its
+    /// membership may have changed.
+    fn note_members(&self) {
+        let devices: BTreeSet<PublicKey> = self
+            .space
+            .borrow()
+            .as_ref()
+            .map(|s| {
+                s.halo()
+                    .members()
+                    .into_iter()
+                    .flat_map(|m| m.devices)
+                    .filter(|d| d.revoked.is_none())
+                    .map(|d| d.device)
+                    .collect()
+            })
+            .unwrap_or_default();
+        *self.devices.borrow_mut() = devices;
     }
 }
 
@@ -159,6 +192,8 @@ struct End {
     session: Option<Sess>,
     /// The acceptor before the opening frame arrived.
     reader: Option<OpenReader>,
+    /// Frames arrived and not yet handed to the session (the driver's next batch).
+    inbox: Vec<Bytes>,
     out: Direction,
 }
 
@@ -208,6 +243,9 @@ pub struct Sim {
     last_write: Micros,
     last_heal: Micros,
     resets: u64,
+    /// Blocks received and stored by sessions (ended ones; open ones are added at the end).
+    blocks_received: u64,
+    blocks_stored: u64,
     connections: u64,
     refused_connections: u64,
     refused_writes: u64,
@@ -215,6 +253,8 @@ pub struct Sim {
     next_guest: usize,
     samples: Vec<(Micros, Vec<Option<[u8; 32]>>)>,
     next_sample: Micros,
+    /// Wall time of [`Sim::new`] (every peer replaying the genesis), not counted in `speed`.
+    setup_wall: std::time::Duration,
 }
 
 impl std::fmt::Debug for Sim {
@@ -241,6 +281,7 @@ impl Sim {
     /// Builds the peers (all initial members hold the genesis and their admissions, as after
     /// a space was set up; guests start empty) and the overlay.
     pub fn new(scenario: Scenario, options: &Options) -> Result<Self, SimError> {
+        let setup_started = Instant::now();
         let seed = options.seed;
         let mut rng = SimRng::derive(seed, "sim", 0);
         let members = scenario.peers;
@@ -290,6 +331,7 @@ impl Sim {
                 store,
                 space: Rc::new(RefCell::new(None)),
                 trusted: Rc::new(RefCell::new(TrustedSet::default())),
+                devices: Rc::new(RefCell::new(BTreeSet::new())),
                 events,
                 online: true,
                 removed: false,
@@ -301,6 +343,8 @@ impl Sim {
                 bytes_sent: 0,
                 frames_sent: 0,
                 writes: 0,
+                bytes_written: 0,
+                settle_pending: false,
                 last_change: 0,
                 sampled: None,
                 dirty: true,
@@ -351,6 +395,7 @@ impl Sim {
             )
             .map_err(|e| setup_error(i)(e.to_string()))?;
             *peer.space.borrow_mut() = Some(space);
+            peer.note_members();
             // The setup's own store events are not news to anyone.
             while peer.events.try_recv().is_ok() {}
         }
@@ -408,6 +453,8 @@ impl Sim {
             last_write: 0,
             last_heal: 0,
             resets: 0,
+            blocks_received: 0,
+            blocks_stored: 0,
             connections: 0,
             refused_connections: 0,
             refused_writes: 0,
@@ -415,10 +462,12 @@ impl Sim {
             next_guest: members,
             samples: Vec::new(),
             next_sample: 0,
+            setup_wall: std::time::Duration::ZERO,
             scenario,
         };
         sim.apply_fault_setup();
         sim.schedule_start();
+        sim.setup_wall = setup_started.elapsed();
         Ok(sim)
     }
 
@@ -525,6 +574,12 @@ impl Sim {
                 self.log.update(&frame);
                 self.deliver(conn, to, frame)?;
             }
+            Event::Settle(peer) => {
+                self.log.update(&[11]);
+                self.log.update(&(peer as u64).to_le_bytes());
+                self.peers[peer].settle_pending = false;
+                self.settle(peer)?;
+            }
             Event::Reset(conn) => {
                 self.log.update(&[3]);
                 self.log.update(&conn.to_le_bytes());
@@ -627,13 +682,16 @@ impl Sim {
         });
         drop(guard);
         match result {
-            Ok(_) => {
+            Ok(written) => {
                 let p = &mut self.peers[peer];
+                if let Some(origin) = written.1.origin {
+                    p.bytes_written += block_len(&p.store, origin.feed, origin.seq);
+                }
                 p.writes += 1;
                 p.last_change = self.now;
                 p.dirty = true;
                 self.last_write = self.now;
-                self.settle(peer)?;
+                self.request_settle(peer)?;
             }
             Err(_) => self.refused_writes += 1,
         }
@@ -674,12 +732,14 @@ impl Sim {
                         peer: a,
                         session: Some(session),
                         reader: None,
+                        inbox: Vec::new(),
                         out: Direction::default(),
                     },
                     End {
                         peer: b,
                         session: None,
                         reader: Some(OpenReader::new(self.peers[a].device)),
+                        inbox: Vec::new(),
                         out: Direction::default(),
                     },
                 ],
@@ -707,10 +767,20 @@ impl Sim {
         };
         for end in &c.ends {
             self.peers[end.peer].conns.remove(&conn);
+            self.count_session(end);
         }
         self.links[c.link].conn = None;
         if retry {
             self.link_failed(c.link);
+        }
+    }
+
+    /// Adds an ending session's block counters to the run's.
+    fn count_session(&mut self, end: &End) {
+        if let Some(session) = &end.session {
+            let stats = session.stats();
+            self.blocks_received += stats.blocks_received;
+            self.blocks_stored += stats.blocks_stored;
         }
     }
 
@@ -753,43 +823,76 @@ impl Sim {
         }
     }
 
+    /// A frame arrives: the sender's window opens, and the frame waits in the receiver's
+    /// inbox for its driver's next batch.
     fn deliver(&mut self, conn: u64, to: usize, frame: Bytes) -> Result<(), SimError> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let window = self.scenario.network.window_bytes;
+        let out = &mut c.ends[1 - to].out;
+        let was_full = !out.can_send(window);
+        out.in_flight = out.in_flight.saturating_sub(frame.len());
+        let peer = c.ends[to].peer;
+        c.ends[to].inbox.push(frame);
+        if was_full {
+            // The window opened: the sender may have more to send.
+            self.pump(conn, 1 - to);
+        }
+        self.request_settle(peer)
+    }
+
+    /// Hands the frames waiting at end `to` of `conn` to its session in one call (the acceptor's
+    /// first frame to its `OpenReader`), then sends what became ready.
+    fn receive(&mut self, conn: u64, to: usize) -> Result<(), SimError> {
         let space_key = self.space_key;
         let config = self.config;
         let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
-        c.ends[1 - to].out.in_flight = c.ends[1 - to].out.in_flight.saturating_sub(frame.len());
+        let frames = std::mem::take(&mut c.ends[to].inbox);
+        if frames.is_empty() {
+            return Ok(());
+        }
         let peer = c.ends[to].peer;
         let remote = c.ends[1 - to].peer;
         let end = &mut c.ends[to];
-        let mut input = &frame[..];
+        let mut chunks: Vec<&[u8]> = Vec::with_capacity(frames.len());
         let mut outcome: Result<(), SessionError> = Ok(());
-        if let Some(reader) = end.reader.as_mut() {
-            match reader.read(&mut input) {
-                Ok(Some(opened)) => {
-                    end.reader = None;
-                    let p = &self.peers[peer];
-                    let (session, accepted) = Session::accept(
-                        space_key,
-                        self.peers[remote].device,
-                        opened,
-                        p.store.clone(),
-                        p.membership(),
-                        config,
-                    );
-                    end.session = Some(session);
-                    outcome = accepted;
+        for frame in &frames {
+            let mut input = &frame[..];
+            if let Some(reader) = end.reader.as_mut() {
+                match reader.read(&mut input) {
+                    Ok(Some(opened)) => {
+                        end.reader = None;
+                        let p = &self.peers[peer];
+                        let (session, accepted) = Session::accept(
+                            space_key,
+                            self.peers[remote].device,
+                            opened,
+                            p.store.clone(),
+                            p.membership(),
+                            config,
+                        );
+                        end.session = Some(session);
+                        outcome = accepted;
+                    }
+                    Ok(None) => {}
+                    Err(error) => outcome = Err(error),
                 }
-                Ok(None) => {}
-                Err(error) => outcome = Err(error),
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            if !input.is_empty() {
+                chunks.push(input);
             }
         }
         if outcome.is_ok()
-            && !input.is_empty()
+            && !chunks.is_empty()
             && let Some(session) = end.session.as_mut()
         {
-            outcome = session.handle_input(input);
+            outcome = session.handle_inputs(chunks);
         }
         if outcome.is_ok()
             && let Some(session) = end.session.as_mut()
@@ -813,18 +916,40 @@ impl Sim {
                     self.link_failed(link);
                 }
             }
-            self.settle(peer)?;
             return Ok(());
         }
-        self.settle(peer)?;
         self.pump(conn, to);
         self.pump(conn, 1 - to);
+        Ok(())
+    }
+
+    /// Has the peer's driver handle what arrived: at the end of the current batch (see
+    /// [`Scenario::batch_us`]), or at once when batching is off.
+    fn request_settle(&mut self, peer: usize) -> Result<(), SimError> {
+        let batch = self.scenario.batch_us;
+        if batch == 0 {
+            return self.settle(peer);
+        }
+        let p = &mut self.peers[peer];
+        if !p.settle_pending {
+            p.settle_pending = true;
+            self.queue.push(self.now + batch, Event::Settle(peer));
+        }
         Ok(())
     }
 
     /// After a peer's store may have grown: tells its sessions, runs its pipeline, refreshes
     /// membership when control blocks were processed, and sends what became ready.
     fn settle(&mut self, peer: usize) -> Result<(), SimError> {
+        let conns: Vec<u64> = self.peers[peer].conns.iter().copied().collect();
+        for conn in conns {
+            if let Some(c) = self.conns.get(&conn) {
+                let e = usize::from(c.ends[1].peer == peer);
+                if !c.ends[e].inbox.is_empty() {
+                    self.receive(conn, e)?;
+                }
+            }
+        }
         let mut heads: BTreeMap<PublicKey, u64> = BTreeMap::new();
         let mut lagged = false;
         loop {
@@ -860,6 +985,9 @@ impl Sim {
                 p.dirty = true;
             }
             membership_changed |= report.control > 0;
+        }
+        if membership_changed {
+            self.peers[peer].note_members();
         }
         let conns: Vec<u64> = self.peers[peer].conns.iter().copied().collect();
         let mut closed = Vec::new();
@@ -1044,14 +1172,21 @@ impl Sim {
 
     fn write_owner_credential(&mut self, credential: &Credential) -> Result<(), SimError> {
         {
-            let mut guard = self.peers[0].space.borrow_mut();
+            let p = &mut self.peers[0];
+            let mut guard = p.space.borrow_mut();
             if let Some(space) = guard.as_mut() {
                 space
                     .write_credential(credential)
                     .map_err(|e| setup_error(0)(e.to_string()))?;
+                let feed = p.keys.control.public_key();
+                let length = p.store.length(&feed);
+                if length > 0 {
+                    p.bytes_written += block_len(&p.store, feed, Seq(length - 1));
+                }
             }
         }
         // The write processed the block already: every session must re-check membership.
+        self.peers[0].note_members();
         let conns: Vec<u64> = self.peers[0].conns.iter().copied().collect();
         let mut closed = Vec::new();
         for conn in conns {
@@ -1266,6 +1401,7 @@ impl Sim {
         .map_err(|e| setup_error(guest)(e.to_string()))?;
         *p.trusted.borrow_mut() = trusted;
         *p.space.borrow_mut() = Some(space);
+        p.note_members();
         let joined: Vec<usize> = (0..self.peers.len())
             .filter(|i| *i != guest && self.peers[*i].joined() && !self.peers[*i].removed)
             .collect();
@@ -1324,9 +1460,15 @@ impl Sim {
             .scenario
             .fault
             .as_ref()
-            .is_some_and(|f| f.peer == peer && f.kind == FaultKind::FlipField);
-        if !fault {
-            return Ok(f(Some(space.database())));
+            .filter(|f| f.peer == peer)
+            .map(|f| f.kind);
+        match fault {
+            None => return Ok(f(Some(space.database()))),
+            Some(FaultKind::WrongOrder) => {
+                let db = wrong_order_database(space).map_err(setup_error(peer))?;
+                return Ok(f(Some(&db)));
+            }
+            Some(FaultKind::FlipField) => {}
         }
         let mut branch = space.fork().map_err(|e| setup_error(peer)(e.to_string()))?;
         if let Some(target) = replicated_item(branch.database(), peer) {
@@ -1406,6 +1548,11 @@ impl Sim {
         for fp in &prints {
             self.log.update(&fp.hash);
         }
+        for conn in std::mem::take(&mut self.conns).into_values() {
+            for end in &conn.ends {
+                self.count_session(end);
+            }
+        }
         let hash = self.log.finalize().to_hex().to_string();
         let converged_at = eligible
             .iter()
@@ -1415,6 +1562,9 @@ impl Sim {
         let settle_from = self.last_write.max(self.last_heal);
         let bytes: Vec<u64> = self.peers.iter().map(|p| p.bytes_sent).collect();
         let frames: Vec<u64> = self.peers.iter().map(|p| p.frames_sent).collect();
+        let written: Vec<u64> = self.peers.iter().map(|p| p.bytes_written).collect();
+        let space_bytes_written: u64 = written.iter().sum();
+        let bytes_sent = Spread::of(&bytes);
         let virtual_ms = self.now as f64 / MS as f64;
         let wall_ms = wall.as_secs_f64() * 1000.0;
         let objects = prints.first().map_or(0, |f| f.objects.len());
@@ -1444,19 +1594,29 @@ impl Sim {
             time_to_converge_ms: converged_at.saturating_sub(settle_from) as f64 / MS as f64,
             events: self.events,
             wall_ms,
+            setup_wall_ms: self.setup_wall.as_secs_f64() * 1000.0,
             speed: if wall_ms > 0.0 {
                 virtual_ms / wall_ms
             } else {
                 0.0
             },
-            bytes_sent: Spread::of(&bytes),
+            bytes_sent,
             frames_sent: Spread::of(&frames),
+            bytes_written: Spread::of(&written),
+            space_bytes_written,
+            sent_per_byte_written: if space_bytes_written > 0 {
+                bytes_sent.mean / space_bytes_written as f64
+            } else {
+                0.0
+            },
             writes: self.peers.iter().map(|p| p.writes).sum(),
             refused_writes: self.refused_writes,
             objects,
             connections: self.connections,
             refused_connections: self.refused_connections,
             resets: self.resets,
+            blocks_received: self.blocks_received,
+            blocks_stored: self.blocks_stored,
             invites_completed: self.invites_completed,
             log_hash: hash,
             curve,
@@ -1547,6 +1707,68 @@ fn admission(space: PublicKey, owner: &DeviceSigner, peer: &Peer) -> Vec<Credent
     out
 }
 
+/// What a pipeline that skipped the causal iterator would build from what `space`'s store
+/// holds: every block of the space's feeds, fed to a fresh HALO state machine and database in
+/// reverse causal order (newest first), with the real checks and the real apply.
+fn wrong_order_database(space: &Space) -> Result<Database, String> {
+    let halo = space.halo();
+    let mut designations: BTreeMap<PublicKey, Designation> = halo
+        .feeds()
+        .into_iter()
+        .map(|f| (f.feed, f.designation))
+        .collect();
+    designations.insert(space.genesis_feed(), Designation::Control);
+    let mut iterator = CausalIterator::new(
+        space.store().clone(),
+        designations.keys().copied(),
+        &Timeframe::new(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut blocks: Vec<Delivered> = Vec::new();
+    while let Some(next) = iterator.next() {
+        // A feed with a bad timeframe is skipped from there, as the pipeline does.
+        if let Ok(delivered) = next {
+            blocks.push(delivered);
+        }
+    }
+    blocks.reverse();
+    let mut halo = SpaceStateMachine::new(space.key());
+    let mut db = Database::with_config(space.feeds().data, Config::default());
+    for d in &blocks {
+        match designations.get(&d.feed) {
+            Some(Designation::Control) => {
+                // A refusal or an error is the point of the fault: the block is just not taken.
+                let _ = halo.process(ControlBlock {
+                    feed: d.feed,
+                    seq: d.seq,
+                    lamport: d.lamport,
+                    timeframe: &d.timeframe,
+                    payload: &d.payload,
+                });
+            }
+            Some(Designation::Data) => {
+                if halo
+                    .check_write(&d.feed, d.seq, &d.timeframe, BlockKind::Data)
+                    .is_err()
+                {
+                    continue;
+                }
+                let Ok(mutations) = Mutations::decode(d.payload.clone()) else {
+                    continue;
+                };
+                let origin = BlockOrigin {
+                    feed: d.feed,
+                    seq: d.seq,
+                    lamport: d.lamport,
+                };
+                let _ = db.apply(origin, &mutations);
+            }
+            _ => {}
+        }
+    }
+    Ok(db)
+}
+
 /// The first item (in id order) written last by another peer: the fault's victim.
 fn replicated_item(db: &Database, peer: usize) -> Option<ObjectId> {
     db.query_ids(&Query::of_type(ITEM)).into_iter().find(|id| {
@@ -1581,6 +1803,13 @@ fn fingerprint_of(db: &Database) -> Fingerprint {
         hash: *all.finalize().as_bytes(),
         objects,
     }
+}
+
+/// The encoded size of a held block (0 if it cannot be read: the in-memory store never fails).
+fn block_len(store: &FeedStore, feed: PublicKey, seq: Seq) -> u64 {
+    store
+        .get(&feed, seq)
+        .map_or(0, |block| block.encoded.len() as u64)
 }
 
 fn hex(bytes: &[u8]) -> String {

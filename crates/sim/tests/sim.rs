@@ -56,6 +56,24 @@ fn baseline_with_ten_peers_converges() {
 }
 
 #[test]
+fn batched_and_per_frame_drivers_converge_and_report_the_data_written() {
+    for batch_us in [0, 2000] {
+        let mut s = small("baseline-20", 8);
+        s.batch_us = batch_us;
+        let report = go(s, 2);
+        assert!(
+            report.converged,
+            "batch_us {batch_us}: {}",
+            report.summary()
+        );
+        let sum = report.bytes_written.mean * report.peers as f64;
+        assert_eq!(sum.round() as u64, report.space_bytes_written);
+        assert!(report.space_bytes_written > 0 && report.sent_per_byte_written > 1.0);
+        assert!(report.blocks_stored > 0 && report.blocks_received >= report.blocks_stored);
+    }
+}
+
+#[test]
 fn partition_then_heal_converges() {
     let report = go(small("partition-heal", 10), 3);
     assert!(report.converged, "{}", report.summary());
@@ -76,6 +94,28 @@ fn a_wrong_apply_on_one_peer_is_reported_with_the_object_and_field() {
     assert!(d.object.is_some());
     assert_eq!(d.field.as_deref(), Some("n"));
     assert_eq!(d.found, Some(serde_json::json!(-1)));
+}
+
+#[test]
+fn a_wrong_order_on_one_peer_is_reported_with_the_object_and_peer() {
+    let mut s = small("baseline-20", 6);
+    s.fault = Some(Fault {
+        peer: 2,
+        kind: FaultKind::WrongOrder,
+    });
+    let report = go(s, 1);
+    assert!(!report.converged, "{}", report.summary());
+    let d = report.divergence.clone().expect("a divergence");
+    assert_eq!(d.differing_peers, vec![2], "{}", report.summary());
+    assert_ne!(d.reference_peer, 2);
+    let object = d.object.clone().expect("the differing object");
+    assert_eq!(object.len(), 32, "a 16-byte object id in hex: {object}");
+    assert_ne!(d.expected, d.found, "{}", report.summary());
+    let summary = report.summary();
+    assert!(
+        summary.contains("converged: NO") && summary.contains(&object),
+        "{summary}"
+    );
 }
 
 #[test]
