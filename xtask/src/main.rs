@@ -17,8 +17,8 @@ cargo xtask <command>
                           doc tests, examples, a quick benchmark run, and the whole test suite
   demo                    the main job on this machine (see README)
   bench SUITE [--quick] [--json] [--release]
-                          macro benchmarks; suites: feeds, echo
-  sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault flip-field=PEER]
+                          macro benchmarks; suites: feeds, echo, epoch, replicate
+  sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault flip-field|wrong-order=PEER]
                           deterministic simulation of many peers (xtask/scenarios/*.json)
   codegen [--check]       regenerate crates/proto/src/gen from proto/*.proto (--check: fail if stale)
   layers                  fail if a crate depends upward or sideways (DESIGN §3)
@@ -67,32 +67,20 @@ fn sim(args: &[String]) -> Result<()> {
     test::cargo(&cargo_args)
 }
 
-/// Until the CLI's demo (peers joining a space over the network) exists, the demo is two devices
-/// with RocksDB vaults swapping signed feeds, then the feed benchmark's quick run.
+/// The README's main job: `echodb demo` — a signal server and three peers in temporary vaults,
+/// on this machine, inviting each other, editing concurrently, going offline and converging.
 fn demo() -> Result<()> {
     system::ensure_libclang()?;
-    eprintln!(
-        "echodb demo: two vaults replicate signed feeds (the networked demo comes with the CLI)"
-    );
     test::cargo(&[
         "run",
         "--quiet",
         "--locked",
         "-p",
-        "echodb-feed-store",
-        "--example",
-        "replicate",
-    ])?;
-    eprintln!("\nwhat each path costs (bench feeds --quick):");
-    test::cargo(&[
-        "run",
-        "--quiet",
-        "--locked",
-        "-p",
-        "echodb-bench",
+        "echodb-cli",
+        "--bin",
+        "echodb",
         "--",
-        "feeds",
-        "--quick",
+        "demo",
     ])
 }
 

@@ -1,18 +1,24 @@
-//! `echodb`: the command-line client of an echodb vault.
+//! `echodb`: the command-line client of an echodb vault, its agent, and a signal server.
 //!
-//! Every command opens the vault, does its work and exits; `watch` keeps the vault open until
-//! it is interrupted. Output is for people by default and one JSON object a line with `--json`.
+//! Every command opens the vault, does its work and exits; `watch`, `sync`, `space invite` and
+//! `space join` go online for as long as they need. While `echodb agent` keeps a vault online,
+//! every other command on that vault goes through the agent over a socket in the vault
+//! (see `agent.rs`). Output is for people by default and one JSON object a line with `--json`.
 
+mod agent;
 mod args;
+mod commands;
+mod demo;
+mod jobs;
 mod output;
-mod watch;
+mod remote;
+mod signal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
-use echodb::{Client, ObjectId, Query, Space, Value};
 
 use crate::args::{Field, parse_field};
 use crate::output::Out;
@@ -20,20 +26,47 @@ use crate::output::Out;
 /// echodb: a peer-to-peer, local-first object database.
 #[derive(Debug, Parser)]
 #[command(name = "echodb", version, about, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     /// The vault: this device's keys and the data of its spaces [default:
     /// $XDG_DATA_HOME/echodb, else ~/.local/share/echodb].
     #[arg(long, global = true, env = "ECHODB_VAULT", value_name = "DIR")]
-    vault: Option<PathBuf>,
+    pub(crate) vault: Option<PathBuf>,
     /// Print one JSON object a line instead of text for people.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
+    /// Signal servers to find peers through (rendezvous + relay), each ending in
+    /// `/p2p/<peer id>`; comma-separated or repeated.
+    #[arg(
+        long,
+        global = true,
+        env = "ECHODB_SIGNAL",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub(crate) signal: Vec<String>,
+    /// Addresses to listen on when online [default: TCP and QUIC on every interface].
+    #[arg(
+        long,
+        global = true,
+        env = "ECHODB_LISTEN",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub(crate) listen: Vec<String>,
+    /// Do not look for peers on the LAN (mDNS).
+    #[arg(
+        long,
+        global = true,
+        env = "ECHODB_NO_MDNS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(crate) no_mdns: bool,
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// The vault's identity.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -56,10 +89,45 @@ enum Command {
         /// The space (its key, or a unique prefix of it).
         space: String,
     },
+    /// Connect, replicate, and exit once this vault and the peers it reached hold the same
+    /// blocks of the space (of every space, without SPACE).
+    Sync {
+        /// The space (its key, or a unique prefix of it).
+        space: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Keep the vault online: listen, discover, replicate, complete invitations. While it
+    /// runs, every other command on this vault goes through it.
+    Agent,
+    /// Run a signal server (rendezvous + relay) that peers find each other through.
+    Signal {
+        /// Where to listen.
+        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001", value_delimiter = ',')]
+        listen: Vec<String>,
+        /// A file holding the server's key (made, owner-only, if missing), so its peer id
+        /// stays the same across restarts [default: a new key each run].
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Show the whole system on this machine: a signal server and three peers in temporary
+    /// vaults invite each other, edit concurrently, go offline and converge.
+    Demo,
+    /// Try to replicate a space this vault is no member of, trusting every peer, for SECS
+    /// seconds; prints how many blocks arrived (members send none). For tests.
+    #[command(hide = true)]
+    Probe {
+        /// The space key (64 hex digits).
+        space: String,
+        /// How long to try.
+        #[arg(long, default_value_t = 5, value_name = "SECS")]
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
-enum IdentityCommand {
+pub(crate) enum IdentityCommand {
     /// Create the vault's identity and this device.
     Create {
         /// A display name other members see.
@@ -71,7 +139,7 @@ enum IdentityCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum SpaceCommand {
+pub(crate) enum SpaceCommand {
     /// Create a space; prints its key.
     Create {
         /// The space's name.
@@ -85,10 +153,70 @@ enum SpaceCommand {
         /// The space (its key, or a unique prefix of it).
         space: String,
     },
+    /// Invite someone: prints the invite code at once, the auth code when the guest
+    /// connects, and exits once the guest has joined and synced.
+    Invite {
+        /// The space (its key, or a unique prefix of it).
+        space: String,
+        /// The guest's role.
+        #[arg(long, value_enum, default_value_t = RoleArg::Editor)]
+        role: RoleArg,
+        /// How the guest proves it is the intended guest: a 6-digit code shown here and passed
+        /// on out of band, or nothing beyond holding the invite code.
+        #[arg(long, value_enum, default_value_t = AuthArg::Code)]
+        auth: AuthArg,
+        /// Admit several guests (until it expires); the command keeps running.
+        #[arg(long)]
+        multi_use: bool,
+        /// The code stops working after this many seconds.
+        #[arg(long, default_value_t = 86_400, value_name = "SECS")]
+        expires: u64,
+    },
+    /// Join a space with an invite code; exits once joined and first synced.
+    Join {
+        /// The invite code.
+        code: String,
+        /// The 6-digit auth code the host's user tells you [default: asked on stdin].
+        #[arg(long, value_name = "CODE")]
+        auth_code: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Remove a member: its devices are no longer replicated with and its later writes are
+    /// refused.
+    RemoveMember {
+        /// The space (its key, or a unique prefix of it).
+        space: String,
+        /// The member's identity key.
+        identity: String,
+    },
+}
+
+/// A role, as `--role` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RoleArg {
+    /// Reads, writes only its own profile.
+    Reader,
+    /// Reads and writes data.
+    Editor,
+    /// Also admits and removes members.
+    Admin,
+    /// Everything.
+    Owner,
+}
+
+/// An auth method, as `--auth` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AuthArg {
+    /// A 6-digit code shown to the host's user.
+    Code,
+    /// Holding the invite code is enough.
+    None,
 }
 
 #[derive(Debug, Subcommand)]
-enum ObjectCommand {
+pub(crate) enum ObjectCommand {
     /// Add an object; prints its id.
     Add {
         /// The space (its key, or a unique prefix of it).
@@ -131,22 +259,22 @@ enum ObjectCommand {
 }
 
 #[derive(Debug, Args)]
-struct QueryArgs {
+pub(crate) struct QueryArgs {
     /// The space (its key, or a unique prefix of it).
-    space: String,
+    pub(crate) space: String,
     /// Only objects of this type.
     #[arg(long = "type", value_name = "TYPE")]
-    type_name: Option<String>,
+    pub(crate) type_name: Option<String>,
     /// Only objects whose field equals the value (JSON, else a string); repeatable.
     #[arg(long = "where", value_name = "FIELD=VALUE", value_parser = parse_field)]
-    wheres: Vec<Field>,
+    pub(crate) wheres: Vec<Field>,
     /// Only children of this object (an id or a unique prefix).
     #[arg(long, value_name = "ID")]
-    parent: Option<String>,
+    pub(crate) parent: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
-enum TextCommand {
+pub(crate) enum TextCommand {
     /// Create an empty text; prints its id.
     Create {
         /// The space (its key, or a unique prefix of it).
@@ -197,7 +325,7 @@ fn main() -> ExitCode {
         .init();
     let mut out = Out::new(cli.json);
     match run(cli, &mut out) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if output::is_closed_output(&e) => ExitCode::SUCCESS,
         Err(e) => {
             #[allow(clippy::print_stderr)]
@@ -210,7 +338,7 @@ fn main() -> ExitCode {
 }
 
 /// The vault given, or the per-user default.
-fn vault_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn vault_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = given {
         return Ok(dir);
     }
@@ -230,206 +358,42 @@ fn vault_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
-fn open(vault: Option<PathBuf>) -> Result<Client> {
-    let dir = vault_dir(vault)?;
-    Ok(Client::open(&dir)?)
-}
-
-fn open_space(client: &Client, text: &str) -> Result<Space> {
-    let key = client.resolve_space(text)?;
-    Ok(client.space(key)?)
-}
-
-fn resolve(space: &Space, text: Option<&str>) -> Result<Option<ObjectId>> {
-    text.map(|t| space.resolve_object(t))
-        .transpose()
-        .map_err(Into::into)
-}
-
-fn fields(fields: Vec<Field>) -> std::collections::BTreeMap<String, Value> {
-    fields.into_iter().map(|f| (f.name, f.value)).collect()
-}
-
-fn build_query(space: &Space, args: &QueryArgs) -> Result<(Query, bool)> {
-    let mut query = match &args.type_name {
-        Some(t) => Query::of_type(t.clone()),
-        None => Query::new(),
-    };
-    for w in &args.wheres {
-        query = query.field(w.name.clone(), echodb::FieldOp::Eq(w.value.clone()));
-    }
-    if let Some(parent) = resolve(space, args.parent.as_deref())? {
-        query = query.filter(echodb::Filter::ParentIs(Some(parent)));
-    }
-    // Without a type, the space's own properties object is left out.
-    Ok((query, args.type_name.is_none()))
-}
-
-fn run(cli: Cli, out: &mut Out) -> Result<()> {
+fn run(cli: Cli, out: &mut Out) -> Result<ExitCode> {
     match cli.command {
-        Command::Identity(IdentityCommand::Create { name }) => {
-            let mut client = open(cli.vault)?;
-            let info = client.create_identity(name.as_deref())?;
-            out.identity(&info)
+        Command::Signal { listen, key_file } => {
+            signal::run(&listen, key_file.as_deref(), out)?;
+            return Ok(ExitCode::SUCCESS);
         }
-        Command::Identity(IdentityCommand::Show) => {
-            let client = open(cli.vault)?;
-            let Some(info) = client.identity() else {
+        Command::Demo => {
+            demo::run(out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let dir = vault_dir(cli.vault.clone())?;
+    let net = commands::net_config(&cli)?;
+    let client = match echodb::Client::open(&dir) {
+        Ok(client) => client,
+        Err(echodb::OpenError::Locked { holder, .. }) if agent::socket_path(&dir).exists() => {
+            if matches!(cli.command, Command::Agent) {
                 bail!(
-                    "vault {} has no identity yet; create one with `echodb identity create --name NAME`",
-                    client.vault().display()
+                    "an agent already keeps vault {} online{}; stop it first",
+                    dir.display(),
+                    holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
                 );
-            };
-            out.identity(info)
-        }
-        Command::Space(SpaceCommand::Create { name }) => {
-            let client = open(cli.vault)?;
-            let space = client.create_space(name.as_deref())?;
-            out.created_space(space.key(), name.as_deref())
-        }
-        Command::Space(SpaceCommand::List) => {
-            let client = open(cli.vault)?;
-            let spaces = client.spaces()?;
-            if spaces.is_empty() && !out.json() {
-                out.note("no spaces yet; create one with `echodb space create --name NAME`");
             }
-            for info in spaces {
-                out.space(info.key, info.name.as_deref())?;
-            }
-            Ok(())
+            // The agent holds the vault: the command runs there.
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return remote::run(&dir, holder, args, cli.json);
         }
-        Command::Space(SpaceCommand::Members { space }) => {
-            let client = open(cli.vault)?;
-            let space = open_space(&client, &space)?;
-            for member in space.members()? {
-                out.member(&member)?;
-            }
-            Ok(())
-        }
-        Command::Object(command) => object(cli.vault, command, out),
-        Command::Query(args) => {
-            let client = open(cli.vault)?;
-            let space = open_space(&client, &args.space)?;
-            let (query, hide_properties) = build_query(&space, &args)?;
-            let mut count = 0usize;
-            for view in space.query(&query)? {
-                if hide_properties && view.type_name == echodb::PROPERTIES_TYPE {
-                    continue;
-                }
-                count += 1;
-                out.object_line(&view)?;
-            }
-            if count == 0 && !out.json() {
-                out.note("no objects match");
-            }
-            Ok(())
-        }
-        Command::Watch(args) => {
-            let client = open(cli.vault)?;
-            let space = open_space(&client, &args.space)?;
-            let (query, hide_properties) = build_query(&space, &args)?;
-            watch::run(&space, query, hide_properties, out)
-        }
-        Command::Text(command) => text(cli.vault, command, out),
-        Command::Feeds { space } => {
-            let client = open(cli.vault)?;
-            let space = open_space(&client, &space)?;
-            for feed in space.feeds()? {
-                out.feed(&feed)?;
-            }
-            Ok(())
-        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut ctx = commands::Ctx::new(client, net);
+    if matches!(cli.command, Command::Agent) {
+        agent::run(ctx, out)?;
+        return Ok(ExitCode::SUCCESS);
     }
-}
-
-fn object(vault: Option<PathBuf>, command: ObjectCommand, out: &mut Out) -> Result<()> {
-    match command {
-        ObjectCommand::Add {
-            space,
-            type_name,
-            parent,
-            fields: given,
-        } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let parent = resolve(&space, parent.as_deref())?;
-            let id = space.add(&type_name, fields(given), parent)?;
-            out.id(id)
-        }
-        ObjectCommand::Set {
-            space,
-            id,
-            fields: given,
-        } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let id = space.resolve_object(&id)?;
-            space.set(id, fields(given))?;
-            out.object(&space.get(id)?)
-        }
-        ObjectCommand::Get { space, id } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let id = space.resolve_object(&id)?;
-            out.object(&space.get(id)?)
-        }
-        ObjectCommand::Rm { space, id } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let id = space.resolve_object(&id)?;
-            space.delete(id)?;
-            out.deleted(id)
-        }
-    }
-}
-
-fn text(vault: Option<PathBuf>, command: TextCommand, out: &mut Out) -> Result<()> {
-    match command {
-        TextCommand::Create { space, parent } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let parent = resolve(&space, parent.as_deref())?;
-            let id = space.create_text(parent)?;
-            out.id(id)
-        }
-        TextCommand::Insert {
-            space,
-            id,
-            pos,
-            string,
-        } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let id = space.resolve_object(&id)?;
-            space.insert_text(id, pos, &string).with_context(|| {
-                format!(
-                    "inserting at byte {pos} (positions count UTF-8 bytes; see `echodb text get`)"
-                )
-            })?;
-            out.text(id, &space.text(id)?)
-        }
-        TextCommand::Delete {
-            space,
-            id,
-            pos,
-            len,
-        } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let id = space.resolve_object(&id)?;
-            space.delete_text(id, pos, len).with_context(|| {
-                format!(
-                    "deleting bytes {pos}..{} (positions count UTF-8 bytes; see `echodb text get`)",
-                    u64::from(pos) + u64::from(len)
-                )
-            })?;
-            out.text(id, &space.text(id)?)
-        }
-        TextCommand::Get { space, id } => {
-            let client = open(vault)?;
-            let space = open_space(&client, &space)?;
-            let id = space.resolve_object(&id)?;
-            out.text(id, &space.text(id)?)
-        }
-    }
+    let result = commands::run_local(cli.command, &mut ctx, out);
+    ctx.shutdown();
+    result.map(|()| ExitCode::SUCCESS)
 }

@@ -5,10 +5,39 @@ use std::io::{self, Write as _};
 use echodb::{FeedStatus, IdentityInfo, MemberInfo, ObjectId, ObjectView, PublicKey, Value};
 use serde_json::json;
 
+/// What a command sends back through the agent's socket (one JSON object a line).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// A line of results (stdout).
+    Out(String),
+    /// A note for people (stderr).
+    Note(String),
+    /// Ask the user for a line of input; the answer comes back as `{"input": …}`.
+    Prompt(String),
+    /// The command ended: exit code and, on failure, the error.
+    Exit {
+        /// The process exit code.
+        code: u8,
+        /// The error, if it failed.
+        error: Option<String>,
+    },
+}
+
+/// Where lines go: this process's stdout and stderr, or a client of the agent.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// This process's stdout (results) and stderr (notes).
+    Local,
+    /// A client connected to the agent.
+    Remote(std::sync::mpsc::Sender<Reply>),
+}
+
 /// Where results go.
 #[derive(Debug)]
 pub struct Out {
     json: bool,
+    sink: Sink,
 }
 
 /// Whether `error` is a write to an output nobody reads any more (the reader went away:
@@ -39,7 +68,33 @@ fn compact(value: &Value) -> String {
 impl Out {
     /// Text for people, or JSON lines.
     pub fn new(json: bool) -> Self {
-        Self { json }
+        Self {
+            json,
+            sink: Sink::Local,
+        }
+    }
+
+    /// Output that goes to a client of the agent.
+    pub fn remote(json: bool, replies: std::sync::mpsc::Sender<Reply>) -> Self {
+        Self {
+            json,
+            sink: Sink::Remote(replies),
+        }
+    }
+
+    /// Whether the output goes to this process's terminal (or pipe).
+    pub fn is_local(&self) -> bool {
+        matches!(self.sink, Sink::Local)
+    }
+
+    /// Sends a raw reply (remote output only; ignored locally).
+    pub fn reply(&self, reply: Reply) -> anyhow::Result<()> {
+        if let Sink::Remote(replies) = &self.sink {
+            replies
+                .send(reply)
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        }
+        Ok(())
     }
 
     /// Whether output is JSON.
@@ -49,17 +104,29 @@ impl Out {
 
     /// Writes one line to stdout and flushes it (so a reader sees each line as it comes).
     pub fn line(&mut self, line: &str) -> anyhow::Result<()> {
-        let mut stdout = io::stdout().lock();
-        writeln!(stdout, "{line}")?;
-        stdout.flush()?;
-        Ok(())
+        match &self.sink {
+            Sink::Local => {
+                let mut stdout = io::stdout().lock();
+                writeln!(stdout, "{line}")?;
+                stdout.flush()?;
+                Ok(())
+            }
+            Sink::Remote(_) => self.reply(Reply::Out(line.to_owned())),
+        }
     }
 
     /// A note for people on stderr (never part of the results).
     pub fn note(&self, note: &str) {
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!("{note}");
+        match &self.sink {
+            Sink::Local => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("{note}");
+                }
+            }
+            Sink::Remote(_) => {
+                let _ = self.reply(Reply::Note(note.to_owned()));
+            }
         }
     }
 
@@ -184,6 +251,19 @@ impl Out {
                 )
             },
         )
+    }
+
+    /// A member removed from a space.
+    pub fn removed_member(&mut self, space: PublicKey, member: PublicKey) -> anyhow::Result<()> {
+        self.emit(
+            json!({ "space": space.to_string(), "removed": member.to_string() }),
+            || format!("removed {member} from space {space}"),
+        )
+    }
+
+    /// One JSON event (`{"event": …}`), or its text for people.
+    pub fn event(&mut self, json: serde_json::Value, human: &str) -> anyhow::Result<()> {
+        self.emit(json, || human.to_owned())
     }
 
     /// A feed of a space.

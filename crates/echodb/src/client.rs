@@ -309,10 +309,89 @@ impl Client {
                 space: key.to_string(),
             });
         }
-        let inner = echodb_echo::Space::open(self.store.clone(), &self.keyring, key)
-            .map_err(|source| SpaceError::Open { space: key, source })?;
+        let inner =
+            echodb_echo::Space::open(self.store.clone(), &self.keyring, key).map_err(|source| {
+                SpaceError::Open {
+                    space: key,
+                    source: Box::new(source),
+                }
+            })?;
         let space = Space::new(inner);
         Ok(self.cache().entry(key).or_insert(space).clone())
+    }
+
+    /// Opens a space of the vault, the identity's HALO space included.
+    pub(crate) fn open_any_space(&self, key: PublicKey) -> Result<Space, SpaceError> {
+        if let Some(space) = self.cache().get(&key) {
+            return Ok(space.clone());
+        }
+        let inner =
+            echodb_echo::Space::open(self.store.clone(), &self.keyring, key).map_err(|source| {
+                SpaceError::Open {
+                    space: key,
+                    source: Box::new(source),
+                }
+            })?;
+        let space = Space::new(inner);
+        Ok(self.cache().entry(key).or_insert(space).clone())
+    }
+
+    /// This device's key pair (for the network node's identity).
+    pub(crate) fn device_keypair(&self) -> Result<echodb_halo::KeyPair, crate::NetError> {
+        let identity = self.require_identity()?;
+        self.keyring
+            .get(&identity.info.device)
+            .map_err(|source| crate::NetError::DeviceKey {
+                vault: self.vault.clone(),
+                source,
+            })
+    }
+
+    /// This device signing for the identity.
+    pub(crate) fn device_signer(&self) -> Result<DeviceSigner, SpaceError> {
+        let identity = self.require_identity()?;
+        let device = self
+            .keyring
+            .get(&identity.info.device)
+            .map_err(|e| SpaceError::Write {
+                space: identity.info.halo_space,
+                reason: format!("this device's key could not be read: {e}"),
+            })?;
+        Ok(DeviceSigner::new(
+            identity.info.identity,
+            device,
+            vec![identity.authorization.clone()],
+        ))
+    }
+
+    /// New feed keys for a space this device joins, kept in the keyring.
+    pub(crate) fn generate_feed_keys(&self) -> Result<FeedKeys, SpaceError> {
+        let identity = self.require_identity()?;
+        FeedKeys::generate(Some(&self.keyring)).map_err(|e| SpaceError::Write {
+            space: identity.info.halo_space,
+            reason: format!("new feed keys could not be stored: {e}"),
+        })
+    }
+
+    /// Records a space this device was admitted to (its genesis feed and this device's feeds)
+    /// and opens it; it fills as replication brings its feeds.
+    pub(crate) fn join_space(
+        &self,
+        key: PublicKey,
+        genesis_feed: PublicKey,
+        keys: FeedKeys,
+    ) -> Result<Space, SpaceError> {
+        self.require_identity()?;
+        let inner = echodb_echo::Space::join(self.store.clone(), key, genesis_feed, keys).map_err(
+            |source| SpaceError::Open {
+                space: key,
+                source: Box::new(source),
+            },
+        )?;
+        let space = Space::new(inner);
+        self.cache().insert(key, space.clone());
+        tracing::info!(space = %key.short(), "space joined");
+        Ok(space)
     }
 
     /// The space whose key is `text` or starts with it (hex, case-insensitive).

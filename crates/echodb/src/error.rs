@@ -130,7 +130,7 @@ pub enum SpaceError {
         space: PublicKey,
         /// What failed.
         #[source]
-        source: echodb_echo::OpenError,
+        source: Box<echodb_echo::OpenError>,
     },
     /// Reading the list of spaces failed.
     #[error("could not list the vault's spaces: {0}")]
@@ -241,6 +241,80 @@ pub enum ObjectError {
     },
 }
 
+/// Why going online, an invitation, a join or a sync failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// Only a vault with an identity goes online.
+    #[error(
+        "vault {vault} has no identity yet; create one first (`echodb identity create --name NAME`)"
+    )]
+    NoIdentity {
+        /// The vault directory.
+        vault: PathBuf,
+    },
+    /// The async runtime could not start.
+    #[error("the network runtime could not start: {source}")]
+    Runtime {
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The libp2p node failed.
+    #[error("{source}")]
+    Node {
+        /// What the node said.
+        #[source]
+        source: echodb_mesh::node::NodeError,
+    },
+    /// A space operation failed.
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// The device key could not be read from the keyring.
+    #[error("vault {vault}: this device's key could not be read: {source}")]
+    DeviceKey {
+        /// The vault directory.
+        vault: PathBuf,
+        /// What the keyring said.
+        #[source]
+        source: KeyringError,
+    },
+    /// Only owners and admins invite.
+    #[error(
+        "space {space}: this identity is {} and only owners and admins invite (an owner invites owners); ask an admin of the space",
+        role.map(|r| format!("{r:?}").to_lowercase()).map_or("not a member".to_owned(), |r| format!("a member with role {r}"))
+    )]
+    NotAdmin {
+        /// The space.
+        space: PublicKey,
+        /// This identity's role there.
+        role: Option<echodb_halo::Role>,
+    },
+    /// The identity to remove is not a member.
+    #[error("space {space} has no member {member}; list them with `echodb space members {space}`")]
+    NotMember {
+        /// The space.
+        space: PublicKey,
+        /// The identity given.
+        member: PublicKey,
+    },
+    /// The invite code could not be read.
+    #[error("the invite code is not valid: {reason}; copy it again, whole")]
+    BadCode {
+        /// Why.
+        reason: String,
+    },
+    /// An invitation step failed.
+    #[error("{reason}")]
+    Invite {
+        /// Why, naming the invitation.
+        reason: String,
+    },
+    /// The network was shut down.
+    #[error("the network has stopped")]
+    Stopped,
+}
+
 /// Any error of this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -257,4 +331,7 @@ pub enum Error {
     /// An object operation.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// Networking.
+    #[error(transparent)]
+    Net(#[from] NetError),
 }

@@ -50,17 +50,20 @@
 //!
 //! # Networking
 //!
-//! Replication, invitations, joining a space, devices and sync status come with the MESH
-//! issue: its driver will import peers' blocks into the same store, and
-//! [`Space::refresh`] already turns blocks that reach the store into events for live queries
-//! and entries in the change stream.
+//! [`Network::start`] takes the vault online: a libp2p node for this device replicates every
+//! space with the members it finds (through signal servers, mDNS, or addresses it is given),
+//! hosts invitations ([`Network::invite`]) and joins with a code ([`Network::join`]). Blocks
+//! that peers send go through the feed store's verified import; [`Network::refresh`] applies
+//! them, so live queries and the change stream see remote writes as they see local ones.
 
 mod client;
 mod error;
+pub mod net;
 mod space;
 
 pub use client::{Client, IdentityInfo, KEYRING_DIR, STORE_DIR, SpaceInfo};
-pub use error::{Error, IdentityError, ObjectError, OpenError, SpaceError};
+pub use error::{Error, IdentityError, NetError, ObjectError, OpenError, SpaceError};
+pub use net::{NetConfig, Network, SyncStatus};
 pub use space::{FeedStatus, PROPERTIES_TYPE, Space, TEXT_TYPE};
 
 pub use echodb_echo::{
@@ -75,4 +78,5 @@ pub mod layers {
     pub use echodb_echo as echo;
     pub use echodb_feed_store as feed_store;
     pub use echodb_halo as halo;
+    pub use echodb_mesh as mesh;
 }

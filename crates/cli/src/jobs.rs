@@ -1,0 +1,509 @@
+//! Commands that wait on the network, as jobs a loop steps: `watch`, `space invite`,
+//! `space join`, `sync`. A step never blocks for long, so the agent can step several jobs of
+//! different clients at once; run in a command's own process, the loop is in
+//! [`crate::commands::run_local`].
+
+use std::io::BufRead as _;
+use std::os::fd::AsFd as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use echodb::net::{HostEvent, Hosted, InviteOptions, JoinEvent, Joining};
+use echodb::{Event, ObjectView, PublicKey, Query, Role, Space, SubscriptionId};
+use serde_json::json;
+
+use crate::commands::{Ctx, STEP};
+use crate::output::{Out, Reply, object_json};
+use crate::{AuthArg, RoleArg};
+
+/// Events queued per watch poll at most; beyond, one `reset` line replaces them.
+const WATCH_CAPACITY: usize = 4096;
+/// How long `space invite` waits for the guest's first sync after it joined.
+const GUEST_SYNC: Duration = Duration::from_secs(30);
+/// How often progress is noted on a terminal.
+const PROGRESS: Duration = Duration::from_secs(2);
+
+/// A command in progress.
+pub trait Job {
+    /// Does what can be done now; `true` once the command is complete.
+    fn step(&mut self, ctx: &mut Ctx, out: &mut Out, input: &mut dyn Input) -> Result<bool>;
+
+    /// The user interrupted it (Ctrl-C).
+    fn interrupted(&mut self, _ctx: &mut Ctx, _out: &mut Out) -> Result<()> {
+        bail!("interrupted")
+    }
+}
+
+/// Where a job gets a line the user types.
+pub trait Input {
+    /// Asks the user (once per answer wanted).
+    fn prompt(&mut self, out: &Out, text: &str) -> Result<()>;
+    /// The answer, once given.
+    fn take(&mut self) -> Option<String>;
+}
+
+/// This process's stdin.
+#[derive(Debug, Default)]
+pub struct LocalInput {
+    answer: Option<String>,
+}
+
+impl Input for LocalInput {
+    fn prompt(&mut self, out: &Out, text: &str) -> Result<()> {
+        out.note(text);
+        let mut line = String::new();
+        let n = std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the answer from stdin")?;
+        if n == 0 {
+            bail!("stdin closed before an answer was given; pass it as an option instead");
+        }
+        self.answer = Some(line.trim().to_owned());
+        Ok(())
+    }
+
+    fn take(&mut self) -> Option<String> {
+        self.answer.take()
+    }
+}
+
+/// Input from a client of the agent.
+#[derive(Debug)]
+pub struct RemoteInput(pub std::sync::mpsc::Receiver<String>);
+
+impl Input for RemoteInput {
+    fn prompt(&mut self, out: &Out, text: &str) -> Result<()> {
+        out.reply(Reply::Prompt(text.to_owned()))
+    }
+
+    fn take(&mut self) -> Option<String> {
+        self.0.try_recv().ok()
+    }
+}
+
+/// Keeps the network running for `time` (so peers get what was just written).
+pub fn linger(ctx: &mut Ctx, time: Duration) -> Result<()> {
+    let until = Instant::now() + time;
+    while Instant::now() < until {
+        ctx.pump()?;
+        std::thread::sleep(STEP);
+    }
+    Ok(())
+}
+
+// ---- watch ----
+
+/// `echodb watch`: the current matches, then every change, one JSON object a line.
+pub struct Watch {
+    space: Space,
+    subscription: SubscriptionId,
+    hide_properties: bool,
+}
+
+impl Watch {
+    /// Subscribes and prints the current matches.
+    pub fn start(
+        ctx: &mut Ctx,
+        out: &mut Out,
+        space: Space,
+        query: Query,
+        hide_properties: bool,
+    ) -> Result<Box<dyn Job>> {
+        if ctx.client.identity().is_some() {
+            // Changes from peers show up too.
+            ctx.online()?;
+        }
+        let (subscription, current) = space.subscribe(query, WATCH_CAPACITY)?;
+        out.note(&format!(
+            "watching space {} (pid {}); stop with Ctrl-C",
+            space.key(),
+            std::process::id()
+        ));
+        let this = Self {
+            space,
+            subscription,
+            hide_properties,
+        };
+        for object in current.iter().filter(|v| this.visible(v)) {
+            out.line(&json!({ "event": "added", "object": object_json(object) }).to_string())?;
+        }
+        Ok(Box::new(this))
+    }
+
+    fn visible(&self, view: &ObjectView) -> bool {
+        !(self.hide_properties && view.type_name == echodb::PROPERTIES_TYPE)
+    }
+}
+
+impl Job for Watch {
+    fn step(&mut self, _ctx: &mut Ctx, out: &mut Out, _input: &mut dyn Input) -> Result<bool> {
+        if out.is_local() && stdout_closed() {
+            self.space.unsubscribe(self.subscription)?;
+            return Ok(true);
+        }
+        self.space.refresh()?;
+        for event in self.space.poll_events(self.subscription)? {
+            let line = match &event {
+                Event::Added { object } if self.visible(object) => event_json("added", object),
+                Event::Updated { object } if self.visible(object) => event_json("updated", object),
+                Event::Removed { object } if self.visible(object) => event_json("removed", object),
+                Event::Reset { result } => json!({
+                    "event": "reset",
+                    "objects": result.iter().filter(|v| self.visible(v)).map(object_json).collect::<Vec<_>>(),
+                }),
+                _ => continue,
+            };
+            if let Err(e) = out.line(&line.to_string()) {
+                let _ = self.space.unsubscribe(self.subscription);
+                return Err(e);
+            }
+        }
+        Ok(false)
+    }
+
+    fn interrupted(&mut self, _ctx: &mut Ctx, _out: &mut Out) -> Result<()> {
+        self.space.unsubscribe(self.subscription)?;
+        Ok(())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.space.unsubscribe(self.subscription);
+    }
+}
+
+fn event_json(kind: &str, object: &ObjectView) -> serde_json::Value {
+    json!({ "event": kind, "object": object_json(object) })
+}
+
+/// Whether stdout is a pipe or socket whose reader has gone (checked without writing, so a
+/// quiet watch notices too).
+fn stdout_closed() -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let stdout = std::io::stdout();
+    let fd = stdout.as_fd();
+    let mut fds = [PollFd::new(&fd, PollFlags::empty())];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP),
+        Err(_) => false,
+    }
+}
+
+// ---- space invite ----
+
+/// `echodb space invite`: hosts an invitation until the guest joined and synced.
+pub struct Invite {
+    hosted: Hosted,
+    multi_use: bool,
+    /// After a guest joined: its device, and until when its first sync is awaited.
+    joined: Option<(PublicKey, Instant)>,
+}
+
+impl Invite {
+    /// Creates the invitation and prints its code.
+    pub fn start(
+        ctx: &mut Ctx,
+        out: &mut Out,
+        space: &Space,
+        role: RoleArg,
+        auth: AuthArg,
+        multi_use: bool,
+        expires: u64,
+    ) -> Result<Box<dyn Job>> {
+        let options = InviteOptions {
+            role: match role {
+                RoleArg::Reader => Role::Reader,
+                RoleArg::Editor => Role::Editor,
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Owner => Role::Owner,
+            },
+            auth_code: auth == AuthArg::Code,
+            multi_use,
+            expires: Some(Duration::from_secs(expires)),
+        };
+        let (net, client) = ctx.online_with_client()?;
+        let hosted = net.invite(client, space, &options)?;
+        out.event(
+            json!({ "event": "invitation", "code": hosted.code(), "space": space.key().to_string() }),
+            &hosted.code(),
+        )?;
+        out.note(&format!(
+            "give this code to the guest: `echodb space join {}`{}",
+            hosted.code(),
+            if options.auth_code {
+                "; the auth code appears here when they connect"
+            } else {
+                ""
+            }
+        ));
+        Ok(Box::new(Self {
+            hosted,
+            multi_use,
+            joined: None,
+        }))
+    }
+}
+
+impl Job for Invite {
+    fn step(&mut self, ctx: &mut Ctx, out: &mut Out, _input: &mut dyn Input) -> Result<bool> {
+        let Some(net) = ctx.net.as_mut() else {
+            bail!("the network stopped");
+        };
+        for event in net.poll_hosted(&ctx.client, &mut self.hosted)? {
+            match event {
+                HostEvent::GuestConnected { device } => {
+                    if let Some(code) = self.hosted.auth_code() {
+                        out.event(
+                            json!({ "event": "auth_code", "code": code, "device": device.to_string() }),
+                            code,
+                        )?;
+                        out.note("tell the guest this auth code (it is asked for on their side)");
+                    }
+                }
+                HostEvent::AuthFailed { attempts_left } => out.note(&format!(
+                    "the guest gave a wrong auth code; {attempts_left} attempt{} left",
+                    if attempts_left == 1 { "" } else { "s" }
+                )),
+                HostEvent::Joined { identity, device } => {
+                    out.event(
+                        json!({ "event": "joined", "identity_key": identity.to_string(), "device": device.to_string() }),
+                        &format!("joined: {identity}"),
+                    )?;
+                    self.joined = Some((device, Instant::now() + GUEST_SYNC));
+                }
+                HostEvent::Failed { error, active } => {
+                    if active {
+                        out.note(&format!("a guest's attempt failed: {error}"));
+                    } else {
+                        // The record stays with the node, so later guests hear why the code
+                        // no longer works.
+                        bail!("{error}");
+                    }
+                }
+            }
+        }
+        if let Some((device, until)) = self.joined {
+            let in_sync = net
+                .sync_status(&ctx.client, self.hosted.space())?
+                .in_sync_with(&device);
+            if in_sync || Instant::now() >= until {
+                if !in_sync {
+                    out.note("the guest joined but has not finished its first sync; it continues with any member online");
+                }
+                if self.multi_use {
+                    self.joined = None;
+                    return Ok(false);
+                }
+                // A used code stays known to the node (in an agent, for as long as it runs), so
+                // a second guest is told it was used rather than that it is unknown.
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+// ---- space join ----
+
+/// `echodb space join`: reaches the host, answers the auth code, then waits for the first sync.
+pub struct Join {
+    joining: Joining,
+    auth_code: Option<String>,
+    waiting_answer: bool,
+    joined: Option<Space>,
+    /// Once in sync: when to finish (a moment later, so the host sees this side in sync too).
+    finish_at: Option<Instant>,
+    deadline: Instant,
+    progress: Instant,
+}
+
+/// How long a guest stays after its first sync, so the host's session sees it in sync.
+const GUEST_LINGER: Duration = Duration::from_millis(1200);
+
+impl Join {
+    /// Starts joining.
+    pub fn start(
+        ctx: &mut Ctx,
+        out: &mut Out,
+        code: &str,
+        auth_code: Option<String>,
+        timeout: Duration,
+    ) -> Result<Box<dyn Job>> {
+        let (net, client) = ctx.online_with_client()?;
+        let joining = net.join(client, code, timeout)?;
+        out.note("reaching the host…");
+        Ok(Box::new(Self {
+            joining,
+            auth_code,
+            waiting_answer: false,
+            joined: None,
+            finish_at: None,
+            deadline: Instant::now() + timeout,
+            progress: Instant::now() + PROGRESS,
+        }))
+    }
+}
+
+impl Job for Join {
+    fn step(&mut self, ctx: &mut Ctx, out: &mut Out, input: &mut dyn Input) -> Result<bool> {
+        let Some(net) = ctx.net.as_mut() else {
+            bail!("the network stopped");
+        };
+        if self.waiting_answer
+            && let Some(answer) = input.take()
+        {
+            self.waiting_answer = false;
+            net.answer(&self.joining, &answer)?;
+        }
+        for event in net.poll_join(&ctx.client, &mut self.joining)? {
+            match event {
+                JoinEvent::Connected => out.note("connected to the host"),
+                JoinEvent::AuthRequired { .. } => match self.auth_code.take() {
+                    Some(code) => net.answer(&self.joining, &code)?,
+                    None => {
+                        self.waiting_answer = true;
+                        input.prompt(out, "auth code (the host's user sees it):")?;
+                    }
+                },
+                JoinEvent::AuthFailed { attempts_left } => {
+                    self.waiting_answer = true;
+                    input.prompt(
+                        out,
+                        &format!(
+                            "wrong auth code; {attempts_left} attempt{} left. auth code:",
+                            if attempts_left == 1 { "" } else { "s" }
+                        ),
+                    )?;
+                }
+                JoinEvent::Joined(space) => {
+                    out.note(&format!("admitted to space {}; syncing…", space.key()));
+                    self.joined = Some(space);
+                }
+                JoinEvent::Failed { error } => bail!("{error}"),
+            }
+        }
+        if let Some(space) = &self.joined {
+            let status = net.sync_status(&ctx.client, space.key())?;
+            if status.is_synced() && self.finish_at.is_none() {
+                self.finish_at = Some(Instant::now() + GUEST_LINGER);
+            }
+            if self.finish_at.is_some_and(|at| Instant::now() >= at) {
+                out.event(
+                    json!({ "event": "joined", "space": space.key().to_string(), "name": space.name()?, "blocks": status.blocks }),
+                    &space.key().to_string(),
+                )?;
+                return Ok(true);
+            }
+            if Instant::now() >= self.deadline {
+                bail!(
+                    "joined space {} but the first sync did not finish within the timeout ({} peer(s), {} blocks held); run `echodb sync {}` while a member is online",
+                    space.key(),
+                    status.peers,
+                    status.blocks,
+                    space.key()
+                );
+            }
+        } else if !self.waiting_answer && Instant::now() >= self.deadline {
+            bail!(
+                "the invitation did not complete within the timeout; check that the host's `echodb space invite` still runs and that both sides use the same --signal"
+            );
+        }
+        if out.is_local() && Instant::now() >= self.progress && self.joined.is_some() {
+            self.progress = Instant::now() + PROGRESS;
+            out.note("still syncing…");
+        }
+        Ok(false)
+    }
+}
+
+// ---- sync ----
+
+/// `echodb sync`: exits once this vault and the peers it reached hold the same blocks.
+pub struct Sync {
+    spaces: Vec<PublicKey>,
+    deadline: Instant,
+    progress: Instant,
+    started: Instant,
+}
+
+impl Sync {
+    /// Goes online.
+    pub fn start(
+        ctx: &mut Ctx,
+        out: &mut Out,
+        spaces: Vec<PublicKey>,
+        timeout: Duration,
+    ) -> Result<Box<dyn Job>> {
+        ctx.online()?;
+        out.note(&format!(
+            "syncing {} space{}…",
+            spaces.len(),
+            if spaces.len() == 1 { "" } else { "s" }
+        ));
+        Ok(Box::new(Self {
+            spaces,
+            deadline: Instant::now() + timeout,
+            progress: Instant::now() + PROGRESS,
+            started: Instant::now(),
+        }))
+    }
+}
+
+impl Job for Sync {
+    fn step(&mut self, ctx: &mut Ctx, out: &mut Out, _input: &mut dyn Input) -> Result<bool> {
+        let Some(net) = ctx.net.as_mut() else {
+            bail!("the network stopped");
+        };
+        let mut statuses = Vec::new();
+        for space in &self.spaces {
+            statuses.push((*space, net.sync_status(&ctx.client, *space)?));
+        }
+        if statuses.iter().all(|(_, s)| s.is_synced()) {
+            for (space, status) in statuses {
+                out.event(
+                    json!({ "event": "synced", "space": space.to_string(), "peers": status.peers, "blocks": status.blocks, "seconds": self.started.elapsed().as_secs_f64() }),
+                    &format!(
+                        "{space}  in sync with {} peer{}  ({} blocks)",
+                        status.peers,
+                        if status.peers == 1 { "" } else { "s" },
+                        status.blocks
+                    ),
+                )?;
+            }
+            return Ok(true);
+        }
+        if Instant::now() >= self.deadline {
+            let behind: Vec<String> = statuses
+                .iter()
+                .filter(|(_, s)| !s.is_synced())
+                .map(|(k, s)| {
+                    format!(
+                        "{} ({} peers reached, {} in sync)",
+                        k.short(),
+                        s.peers,
+                        s.in_sync
+                    )
+                })
+                .collect();
+            bail!(
+                "not in sync within the timeout: {}; a peer must be online and reachable (pass --signal, or run on one LAN)",
+                behind.join(", ")
+            );
+        }
+        if Instant::now() >= self.progress {
+            self.progress = Instant::now() + PROGRESS;
+            let peers: usize = statuses.iter().map(|(_, s)| s.peers).sum();
+            let blocks: u64 = statuses.iter().map(|(_, s)| s.blocks).sum();
+            out.note(&format!(
+                "syncing: {peers} session(s), {blocks} blocks held"
+            ));
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,564 @@
+//! The `echodb` binary over the network, with real processes on 127.0.0.1: a signal server,
+//! agents in separate vaults, invitations with the auth code typed on stdin, concurrent
+//! writes, an agent killed and restarted, offline writes, and the refusals a user meets (three
+//! wrong auth codes, a used code). Every test bounds its time and stops the processes it
+//! started (by pid, on drop).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Longest any one step may take.
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Proc {
+    name: String,
+    child: Child,
+    lines: std::sync::Mutex<mpsc::Receiver<String>>,
+    errors: std::sync::Mutex<mpsc::Receiver<String>>,
+}
+
+impl Proc {
+    fn next_json(&mut self) -> Result<Value, Box<dyn std::error::Error>> {
+        match self
+            .lines
+            .lock()
+            .map_err(|_| "poisoned")?
+            .recv_timeout(LIMIT)
+        {
+            Ok(line) => Ok(serde_json::from_str(&line)?),
+            Err(_) => Err(format!(
+                "{} printed nothing more within {LIMIT:?}; stderr: {}",
+                self.name,
+                self.stderr()
+            )
+            .into()),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.errors
+            .lock()
+            .map(|e| e.try_iter().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+
+    fn type_line(&mut self, line: &str) -> TestResult {
+        let stdin = self.child.stdin.as_mut().ok_or("stdin not piped")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for it to exit; returns whether it succeeded and what it wrote on stderr.
+    fn wait(&mut self) -> Result<(bool, String), Box<dyn std::error::Error>> {
+        let until = Instant::now() + LIMIT;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(50));
+                return Ok((status.success(), self.stderr()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("{} did not exit within {LIMIT:?}", self.name).into())
+    }
+
+    fn signal(&mut self, signal: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(rustix::process::Signal::TERM);
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct Net {
+    dir: tempfile::TempDir,
+    signal_addr: String,
+    listen: &'static str,
+    _signal: Proc,
+}
+
+impl Net {
+    fn start() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_on(TCP)
+    }
+
+    /// Peers listen on `listen` only (the signal server on TCP).
+    fn start_on(listen: &'static str) -> Result<Self, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut signal = spawn("signal", None, "", TCP, &["signal", "--listen", TCP], false)?;
+        let ready = signal.next_json()?;
+        let signal_addr = ready["addrs"][0]
+            .as_str()
+            .ok_or("no signal address")?
+            .to_owned();
+        Ok(Self {
+            dir,
+            signal_addr,
+            listen,
+            _signal: signal,
+        })
+    }
+
+    fn vault(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, vault: &str, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
+        Ok(
+            command(Some(&self.vault(vault)), &self.signal_addr, self.listen)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()?,
+        )
+    }
+
+    /// Runs a command that must succeed; returns its JSON lines.
+    fn ok(&self, vault: &str, args: &[&str]) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
+        let output = self.run(vault, args)?;
+        if !output.status.success() {
+            return Err(format!(
+                "{vault}: echodb {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn spawn(
+        &self,
+        vault: &str,
+        args: &[&str],
+        stdin: bool,
+    ) -> Result<Proc, Box<dyn std::error::Error>> {
+        spawn(
+            vault,
+            Some(&self.vault(vault)),
+            &self.signal_addr,
+            self.listen,
+            args,
+            stdin,
+        )
+    }
+
+    fn agent(&self, vault: &str) -> Result<Proc, Box<dyn std::error::Error>> {
+        let mut agent = self.spawn(vault, &["agent"], false)?;
+        let ready = agent.next_json()?;
+        assert_eq!(ready["event"], "agent", "{ready}");
+        Ok(agent)
+    }
+
+    fn identity(&self, vault: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let lines = self.ok(vault, &["identity", "create", "--name", vault])?;
+        Ok(lines[0]["identity"]
+            .as_str()
+            .ok_or("no identity")?
+            .to_owned())
+    }
+
+    /// `host` invites `guest` into `space`; the auth code goes from the invite's output to the
+    /// join's stdin, as a user would pass it on.
+    fn invite(&self, host: &str, guest: &str, space: &str) -> TestResult {
+        let mut invite = self.spawn(host, &["space", "invite", space], false)?;
+        let code = invite.next_json()?;
+        assert_eq!(code["event"], "invitation", "{code}");
+        let code = code["code"].as_str().ok_or("no code")?.to_owned();
+        let mut join = self.spawn(guest, &["space", "join", &code], true)?;
+        let auth = invite.next_json()?;
+        assert_eq!(auth["event"], "auth_code", "{auth}");
+        join.type_line(auth["code"].as_str().ok_or("no auth code")?)?;
+        let joined = join.next_json()?;
+        assert_eq!(joined["event"], "joined", "{joined}; {}", join.stderr());
+        assert_eq!(joined["space"], space);
+        let hosted = invite.next_json()?;
+        assert_eq!(hosted["event"], "joined", "{hosted}");
+        let (ok, err) = join.wait()?;
+        assert!(ok, "join failed: {err}");
+        let (ok, err) = invite.wait()?;
+        assert!(ok, "invite failed: {err}");
+        Ok(())
+    }
+
+    /// The tasks `vault` holds: (id, value) sorted by id.
+    fn tasks(
+        &self,
+        vault: &str,
+        space: &str,
+    ) -> Result<Vec<(String, Value)>, Box<dyn std::error::Error>> {
+        let mut tasks: Vec<(String, Value)> = self
+            .ok(vault, &["query", space, "--type", "task"])?
+            .into_iter()
+            .map(|v| {
+                (
+                    v["id"].as_str().unwrap_or_default().to_owned(),
+                    v["value"].clone(),
+                )
+            })
+            .collect();
+        tasks.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tasks)
+    }
+}
+
+const TCP: &str = "/ip4/127.0.0.1/tcp/0";
+const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+
+fn command(vault: Option<&Path>, signal: &str, listen: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_echodb"));
+    command
+        .env("ECHODB_LISTEN", listen)
+        .env("ECHODB_NO_MDNS", "true")
+        .env_remove("ECHODB_VAULT")
+        .arg("--json");
+    if !signal.is_empty() {
+        command.env("ECHODB_SIGNAL", signal);
+    }
+    if let Some(vault) = vault {
+        command.arg("--vault").arg(vault);
+    }
+    command
+}
+
+fn spawn(
+    name: &str,
+    vault: Option<&Path>,
+    signal: &str,
+    listen: &str,
+    args: &[&str],
+    stdin: bool,
+) -> Result<Proc, Box<dyn std::error::Error>> {
+    let mut child = command(vault, signal, listen)
+        .args(args)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (tx, lines) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let (tx, errors) = mpsc::channel();
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(Proc {
+        name: format!("{name}: echodb {}", args.join(" ")),
+        child,
+        lines: std::sync::Mutex::new(lines),
+        errors: std::sync::Mutex::new(errors),
+    })
+}
+
+/// Polls until `check` holds or the limit passes.
+fn eventually(
+    mut check: impl FnMut() -> Result<bool, Box<dyn std::error::Error>>,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let until = Instant::now() + LIMIT;
+    while Instant::now() < until {
+        if check()? {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(false)
+}
+
+#[test]
+fn three_peers_join_write_concurrently_survive_a_kill_and_converge() -> TestResult {
+    let net = Net::start()?;
+    for name in ["alice", "bob", "carol"] {
+        net.identity(name)?;
+    }
+    let space = net.ok("alice", &["space", "create", "--name", "plans"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    let _alice = net.agent("alice")?;
+    let _bob = net.agent("bob")?;
+    let mut carol = net.agent("carol")?;
+
+    net.invite("alice", "bob", &space)?;
+    net.invite("alice", "carol", &space)?;
+    // The space's name came with the first sync.
+    let listed = net.ok("carol", &["space", "list"])?;
+    assert_eq!(listed[0]["name"], "plans", "{listed:?}");
+
+    // Concurrent writes, each through its own agent.
+    std::thread::scope(|scope| -> TestResult {
+        let writers: Vec<_> = ["alice", "bob", "carol"]
+            .into_iter()
+            .map(|name| {
+                let (net, space) = (&net, &space);
+                scope.spawn(move || -> Result<(), String> {
+                    for i in 0..3 {
+                        net.ok(
+                            name,
+                            &[
+                                "object",
+                                "add",
+                                space,
+                                "--type",
+                                "task",
+                                &format!("title={name} {i}"),
+                            ],
+                        )
+                        .map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().map_err(|_| "writer panicked")??;
+        }
+        Ok(())
+    })?;
+
+    // Carol's agent is killed outright; she writes offline, alice writes meanwhile.
+    carol.signal(rustix::process::Signal::KILL);
+    carol.wait()?;
+    net.ok(
+        "carol",
+        &[
+            "object",
+            "add",
+            &space,
+            "--type",
+            "task",
+            "title=carol offline",
+        ],
+    )?;
+    net.ok(
+        "alice",
+        &[
+            "object",
+            "add",
+            &space,
+            "--type",
+            "task",
+            "title=alice meanwhile",
+        ],
+    )?;
+    let offline = net.tasks("carol", &space)?;
+    assert!(
+        offline.iter().all(|(_, v)| v["title"] != "alice meanwhile"),
+        "carol was offline"
+    );
+    let _carol = net.agent("carol")?;
+
+    let converged = eventually(|| {
+        let a = net.tasks("alice", &space)?;
+        let b = net.tasks("bob", &space)?;
+        let c = net.tasks("carol", &space)?;
+        Ok(a.len() == 11 && a == b && b == c)
+    })?;
+    assert!(
+        converged,
+        "not converged: alice {:?}, bob {:?}, carol {:?}",
+        net.tasks("alice", &space)?.len(),
+        net.tasks("bob", &space)?.len(),
+        net.tasks("carol", &space)?.len()
+    );
+    let synced = net.ok("bob", &["sync", &space, "--timeout", "30"])?;
+    assert_eq!(synced[0]["event"], "synced", "{synced:?}");
+
+    // Dave knows the space's key (so its discovery key) but holds no credential: he finds the
+    // members through the signal server and asks, trusting everyone; he receives no block.
+    net.identity("dave")?;
+    let probe = net.ok("dave", &["probe", &space, "--seconds", "4"])?;
+    assert_eq!(probe[0]["new_feeds"], 0, "{probe:?}");
+    assert_eq!(probe[0]["sessions"], 0, "{probe:?}");
+    // The members kept serving each other meanwhile.
+    net.ok(
+        "bob",
+        &[
+            "object",
+            "add",
+            &space,
+            "--type",
+            "task",
+            "title=after the probe",
+        ],
+    )?;
+    assert!(
+        eventually(|| Ok(net.tasks("alice", &space)?.len() == 12))?,
+        "alice did not get bob's task after the probe"
+    );
+    Ok(())
+}
+
+#[test]
+fn join_and_replicate_over_quic() -> TestResult {
+    let net = Net::start_on(QUIC)?;
+    net.identity("alice")?;
+    net.identity("bob")?;
+    let space = net.ok("alice", &["space", "create", "--name", "q"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    net.ok(
+        "alice",
+        &["object", "add", &space, "--type", "task", "title=over quic"],
+    )?;
+    let _alice = net.agent("alice")?;
+    let _bob = net.agent("bob")?;
+    net.invite("alice", "bob", &space)?;
+    assert_eq!(net.tasks("bob", &space)?.len(), 1);
+    net.ok(
+        "bob",
+        &[
+            "object",
+            "add",
+            &space,
+            "--type",
+            "task",
+            "title=back over quic",
+        ],
+    )?;
+    assert!(
+        eventually(|| Ok(net.tasks("alice", &space)?.len() == 2))?,
+        "alice did not get bob's task"
+    );
+    Ok(())
+}
+
+#[test]
+fn three_wrong_auth_codes_end_the_invitation_and_a_used_code_is_refused() -> TestResult {
+    let net = Net::start()?;
+    for name in ["alice", "bob", "carol", "dave"] {
+        net.identity(name)?;
+    }
+    let space = net.ok("alice", &["space", "create"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    let _alice = net.agent("alice")?;
+
+    // Bob types three wrong codes: the invitation ends, on both sides, saying why.
+    let mut invite = net.spawn("alice", &["space", "invite", &space], false)?;
+    let code = invite.next_json()?["code"]
+        .as_str()
+        .ok_or("no code")?
+        .to_owned();
+    let mut join = net.spawn("bob", &["space", "join", &code], true)?;
+    let auth = invite.next_json()?["code"]
+        .as_str()
+        .ok_or("no auth code")?
+        .to_owned();
+    let wrong = if auth == "000000" { "111111" } else { "000000" };
+    for _ in 0..3 {
+        join.type_line(wrong)?;
+    }
+    let (ok, err) = join.wait()?;
+    assert!(!ok, "bob joined with a wrong code");
+    assert!(
+        err.contains("attempt") || err.contains("wrong"),
+        "bob's error: {err}"
+    );
+    let (ok, err) = invite.wait()?;
+    assert!(!ok, "the invitation survived three wrong codes");
+    assert!(err.contains("attempts"), "alice's error: {err}");
+    assert!(
+        net.ok("bob", &["space", "list"])?.is_empty(),
+        "bob holds the space"
+    );
+
+    // Carol joins with a new code; Dave's later try with the same code is refused as used.
+    let mut invite = net.spawn(
+        "alice",
+        &["space", "invite", &space, "--auth", "none"],
+        false,
+    )?;
+    let code = invite.next_json()?["code"]
+        .as_str()
+        .ok_or("no code")?
+        .to_owned();
+    let joined = net.ok("carol", &["space", "join", &code])?;
+    assert_eq!(joined[0]["event"], "joined", "{joined:?}");
+    let (ok, err) = invite.wait()?;
+    assert!(ok, "invite failed: {err}");
+    let refused = net.run("dave", &["space", "join", &code, "--timeout", "20"])?;
+    assert!(!refused.status.success(), "dave joined with a used code");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("used") || err.contains("Used"),
+        "dave's error: {err}"
+    );
+    assert!(
+        net.ok("dave", &["space", "list"])?.is_empty(),
+        "dave holds the space"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_vault_held_by_an_agent_answers_through_it_and_says_so_when_it_cannot() -> TestResult {
+    let net = Net::start()?;
+    net.identity("alice")?;
+    let mut agent = net.agent("alice")?;
+    // Through the agent: the command works although the agent holds the vault's lock.
+    let space = net.ok("alice", &["space", "create", "--name", "x"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    let id = net.ok(
+        "alice",
+        &["object", "add", &space, "--type", "note", "text=hi"],
+    )?[0]["id"]
+        .as_str()
+        .ok_or("no id")?
+        .to_owned();
+    let got = net.ok("alice", &["object", "get", &space, &id])?;
+    assert_eq!(got[0]["value"]["text"], "hi");
+    // A second agent on the same vault is refused with the reason.
+    let second = net.run("alice", &["agent"])?;
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("agent already"), "{err}");
+    // After the agent stops, the vault opens directly again and holds what was written.
+    agent.signal(rustix::process::Signal::TERM);
+    let (_, _) = agent.wait()?;
+    let got = net.ok("alice", &["object", "get", &space, &id])?;
+    assert_eq!(got[0]["value"]["text"], "hi");
+    Ok(())
+}

@@ -1,0 +1,767 @@
+//! Going online: a libp2p node for the vault's device that replicates every space the vault
+//! holds with the members it finds, hosts and joins invitations, and reports sync status.
+//!
+//! [`Network`] owns a small tokio runtime; the node and its replication sessions run there.
+//! The [`Client`] and its spaces stay on the caller's thread (they are not `Send`): the caller
+//! calls [`Network::refresh`] from time to time (every few tens of milliseconds is right) so
+//! blocks that peers sent are applied, live queries see them, and the node learns of new
+//! members and feeds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use echodb_halo::{Assertion, Claim, Cutoffs, DeviceSigner, PublicKey, Role, Seq, Signer as _};
+use echodb_mesh::OsEntropy;
+pub use echodb_mesh::invite::AuthMethod;
+use echodb_mesh::invite::{
+    AuthSpec, GuestKeys, Invitation, InvitationKind, InvitationSpec, InviteCode, Uses,
+};
+use echodb_mesh::node::invite::{Answer, GuestUpdate, HostUpdate, SpaceFeeds};
+use echodb_mesh::node::{Node, NodeConfig, SessionStatus};
+use echodb_mesh::replicate::TrustedSet;
+pub use echodb_mesh::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+
+use crate::client::{Client, now};
+use crate::error::NetError;
+use crate::space::Space;
+
+/// How a vault goes online.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on. Default: TCP and QUIC on every interface, ports chosen by the
+    /// system.
+    pub listen: Vec<Multiaddr>,
+    /// Signal servers (rendezvous + relay), each ending in `/p2p/<peer id>`.
+    pub signal: Vec<Multiaddr>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            signal: Vec::new(),
+            mdns: true,
+        }
+    }
+}
+
+/// A space the node replicates, with the membership it was given.
+struct Tracked {
+    membership: Arc<RwLock<TrustedSet>>,
+    devices: BTreeSet<PublicKey>,
+    feeds: BTreeSet<PublicKey>,
+    /// A joined space's welcome: trusted until the space's own state admits this device.
+    bootstrap: Option<(BTreeSet<PublicKey>, BTreeSet<PublicKey>)>,
+}
+
+/// The vault online. See the module documentation.
+pub struct Network {
+    runtime: tokio::runtime::Runtime,
+    node: Option<Node>,
+    device: PublicKey,
+    identity: PublicKey,
+    tracked: BTreeMap<PublicKey, Tracked>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("device", &self.device)
+            .field("spaces", &self.tracked.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sync status of one space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Replication sessions running for the space.
+    pub peers: usize,
+    /// Of them, those where both sides hold the same blocks.
+    pub in_sync: usize,
+    /// Blocks this vault holds of the space.
+    pub blocks: u64,
+    /// The devices of the peers in sync.
+    pub synced_devices: Vec<PublicKey>,
+}
+
+impl SyncStatus {
+    /// Whether at least one peer was reached and every peer reached holds what this vault
+    /// holds (and the other way round).
+    pub fn is_synced(&self) -> bool {
+        self.peers > 0 && self.in_sync == self.peers
+    }
+
+    /// Whether the peer `device` is reached and in sync.
+    pub fn in_sync_with(&self, device: &PublicKey) -> bool {
+        self.synced_devices.contains(device)
+    }
+}
+
+/// An invitation this vault hosts.
+#[derive(Debug)]
+pub struct Hosted {
+    code: InviteCode,
+    auth_code: Option<String>,
+    space: PublicKey,
+    updates: mpsc::Receiver<HostUpdate>,
+}
+
+/// What happened to a hosted invitation (from [`Network::poll_hosted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// A guest reached this vault: show the auth code (if any) to the user now.
+    GuestConnected {
+        /// The guest device.
+        device: PublicKey,
+    },
+    /// A guest gave a wrong answer.
+    AuthFailed {
+        /// Wrong answers the invitation still tolerates.
+        attempts_left: u32,
+    },
+    /// The guest's credentials were written; it is welcomed.
+    Joined {
+        /// The guest's identity.
+        identity: PublicKey,
+        /// The guest's device.
+        device: PublicKey,
+    },
+    /// A guest's session failed.
+    Failed {
+        /// Why.
+        error: String,
+        /// Whether the invitation still admits guests (else it has ended: used, expired, or
+        /// too many wrong answers).
+        active: bool,
+    },
+}
+
+impl Hosted {
+    /// The code to hand to the guest.
+    pub fn code(&self) -> String {
+        self.code.to_string()
+    }
+
+    /// The 6-digit code the host's user passes on (auth-code invitations).
+    pub fn auth_code(&self) -> Option<&str> {
+        self.auth_code.as_deref()
+    }
+
+    /// The space the guest joins.
+    pub fn space(&self) -> PublicKey {
+        self.space
+    }
+}
+
+/// A join in progress (from [`Network::join`]).
+#[derive(Debug)]
+pub struct Joining {
+    code: InviteCode,
+    keys: echodb_echo::FeedKeys,
+    guest: GuestKeys,
+    updates: mpsc::Receiver<GuestUpdate>,
+    answers: mpsc::Sender<Answer>,
+}
+
+/// What happened to a join (from [`Network::poll_join`]).
+#[derive(Debug)]
+pub enum JoinEvent {
+    /// The host was reached.
+    Connected,
+    /// The host asks for the auth code (or shared secret): call [`Network::answer`].
+    AuthRequired {
+        /// What is asked for.
+        method: AuthMethod,
+    },
+    /// The answer was wrong; another may be given.
+    AuthFailed {
+        /// Wrong answers the invitation still tolerates.
+        attempts_left: u32,
+    },
+    /// Joined: the space is in the vault and replicating.
+    Joined(Space),
+    /// The join failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// How an invitation should work.
+#[derive(Debug, Clone)]
+pub struct InviteOptions {
+    /// The role the guest gets.
+    pub role: Role,
+    /// Ask the guest for a 6-digit code shown here (else holding the code is enough).
+    pub auth_code: bool,
+    /// Admit several guests.
+    pub multi_use: bool,
+    /// Expire after this long.
+    pub expires: Option<Duration>,
+}
+
+impl Default for InviteOptions {
+    fn default() -> Self {
+        Self {
+            role: Role::Editor,
+            auth_code: true,
+            multi_use: false,
+            expires: Some(Duration::from_secs(24 * 60 * 60)),
+        }
+    }
+}
+
+impl Network {
+    /// Starts the node for `client`'s device and replicates every space the vault holds
+    /// (its identity's HALO space too).
+    pub fn start(client: &Client, config: NetConfig) -> Result<Self, NetError> {
+        let identity = client
+            .identity()
+            .cloned()
+            .ok_or_else(|| NetError::NoIdentity {
+                vault: client.vault().to_path_buf(),
+            })?;
+        let device = client.device_keypair()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("echodb-net")
+            .build()
+            .map_err(|source| NetError::Runtime { source })?;
+        let node_config = NodeConfig {
+            listen: config.listen.clone(),
+            signal_servers: config.signal.clone(),
+            mdns: config.mdns,
+            ..NodeConfig::default()
+        };
+        let store = client.store().clone();
+        let node = runtime
+            .block_on(Node::spawn(node_config, &device, store.clone()))
+            .map_err(|source| NetError::Node { source })?;
+        let dirty = Arc::new(AtomicBool::new(true));
+        {
+            let dirty = dirty.clone();
+            let mut events = store.subscribe();
+            runtime.spawn(async move {
+                while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) =
+                    events.recv().await
+                {
+                    dirty.store(true, Ordering::Release);
+                }
+            });
+        }
+        let mut this = Self {
+            runtime,
+            node: Some(node),
+            device: identity.device,
+            identity: identity.identity,
+            tracked: BTreeMap::new(),
+            dirty,
+        };
+        let mut keys = client.space_keys().map_err(NetError::Space)?;
+        keys.push(identity.halo_space);
+        for key in keys {
+            let space = client.open_any_space(key).map_err(NetError::Space)?;
+            this.track(&space, None)?;
+        }
+        Ok(this)
+    }
+
+    fn node(&self) -> Result<&Node, NetError> {
+        self.node.as_ref().ok_or(NetError::Stopped)
+    }
+
+    /// The addresses this vault listens on, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.node
+            .as_ref()
+            .map(Node::listen_addrs)
+            .unwrap_or_default()
+    }
+
+    /// This device's peer id.
+    pub fn peer_id(&self) -> Option<PeerId> {
+        self.node.as_ref().map(Node::peer_id)
+    }
+
+    /// Dials a peer (it is redialled after it disconnects).
+    pub fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        let node = self.node()?;
+        self.runtime
+            .block_on(node.dial(addr))
+            .map_err(|source| NetError::Node { source })
+    }
+
+    /// The peers connected now.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        match &self.node {
+            Some(node) => self
+                .runtime
+                .block_on(node.connected_peers())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The replication sessions running now.
+    pub fn sessions(&self) -> Vec<SessionStatus> {
+        self.node.as_ref().map(Node::sessions).unwrap_or_default()
+    }
+
+    fn membership_of(
+        space: &Space,
+    ) -> Result<(BTreeSet<PublicKey>, BTreeSet<PublicKey>), NetError> {
+        let inner = space.inner().map_err(NetError::Space)?;
+        let halo = inner.halo();
+        let devices = halo
+            .members()
+            .into_iter()
+            .flat_map(|m| m.devices)
+            .filter(|d| d.revoked.is_none())
+            .map(|d| d.device)
+            .collect();
+        let feeds = halo.feeds().into_iter().map(|f| f.feed).collect();
+        Ok((devices, feeds))
+    }
+
+    /// Replicates `space` from now on (with `bootstrap`, a joined space's welcome, trusted
+    /// until the space's own state admits this device).
+    fn track(
+        &mut self,
+        space: &Space,
+        bootstrap: Option<(BTreeSet<PublicKey>, BTreeSet<PublicKey>)>,
+    ) -> Result<(), NetError> {
+        let (devices, feeds) = Self::membership_of(space)?;
+        let (all_devices, all_feeds) = merge(&devices, &feeds, bootstrap.as_ref());
+        let membership = Arc::new(RwLock::new(TrustedSet::new(all_devices, all_feeds)));
+        let node = self.node()?;
+        self.runtime
+            .block_on(node.add_space(space.key(), membership.clone()))
+            .map_err(|source| NetError::Node { source })?;
+        self.tracked.insert(
+            space.key(),
+            Tracked {
+                membership,
+                devices,
+                feeds,
+                bootstrap,
+            },
+        );
+        Ok(())
+    }
+
+    /// Replicates a space of the vault from now on (one created after going online).
+    pub fn track_space(&mut self, client: &Client, key: PublicKey) -> Result<(), NetError> {
+        if self.tracked.contains_key(&key) {
+            return Ok(());
+        }
+        let space = client.open_any_space(key).map_err(NetError::Space)?;
+        self.track(&space, None)
+    }
+
+    /// Applies what peers sent since the last call to every replicated space, and tells the
+    /// node about new members and feeds. Cheap when nothing arrived.
+    pub fn refresh(&mut self, client: &Client) -> Result<bool, NetError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let mut changed = false;
+        for (key, tracked) in &mut self.tracked {
+            let space = client.open_any_space(*key).map_err(NetError::Space)?;
+            space.refresh().map_err(NetError::Space)?;
+            let (devices, feeds) = Self::membership_of(&space)?;
+            if tracked
+                .bootstrap
+                .as_ref()
+                .is_some_and(|_| devices.contains(&self.device))
+            {
+                tracing::debug!(space = %key.short(), "the space admits this device; its welcome is no longer needed");
+                tracked.bootstrap = None;
+            }
+            if devices != tracked.devices || feeds != tracked.feeds || tracked.bootstrap.is_none() {
+                let (all_devices, all_feeds) = merge(&devices, &feeds, tracked.bootstrap.as_ref());
+                let set = TrustedSet::new(all_devices, all_feeds);
+                let before_devices = std::mem::replace(&mut tracked.devices, devices);
+                let before_feeds = std::mem::replace(&mut tracked.feeds, feeds);
+                if before_devices != tracked.devices || before_feeds != tracked.feeds {
+                    if let Ok(mut membership) = tracked.membership.write() {
+                        *membership = set;
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if changed && let Some(node) = &self.node {
+            node.membership_changed();
+        }
+        Ok(true)
+    }
+
+    /// Sync status of `space`: sessions running and whether each holds what this vault holds.
+    pub fn sync_status(&self, client: &Client, space: PublicKey) -> Result<SyncStatus, NetError> {
+        let space_handle = client.open_any_space(space).map_err(NetError::Space)?;
+        let local: Vec<(PublicKey, u64)> = space_handle
+            .feeds()
+            .map_err(NetError::Space)?
+            .into_iter()
+            .map(|f| (f.feed, f.length))
+            .collect();
+        let blocks = local.iter().map(|(_, l)| l).sum();
+        let sessions: Vec<SessionStatus> = self
+            .sessions()
+            .into_iter()
+            .filter(|s| s.space == space)
+            .collect();
+        tracing::debug!(space = %space.short(), ?local, ?sessions, "sync status");
+        let synced_devices: Vec<PublicKey> = sessions
+            .iter()
+            .filter(|s| s.in_sync(local.iter().copied()))
+            .map(|s| s.device)
+            .collect();
+        Ok(SyncStatus {
+            peers: sessions.len(),
+            in_sync: synced_devices.len(),
+            blocks,
+            synced_devices,
+        })
+    }
+
+    /// Creates and hosts an invitation into `space` (this vault's identity must be an owner
+    /// or admin of it). The code carries this node's addresses.
+    pub fn invite(
+        &self,
+        client: &Client,
+        space: &Space,
+        options: &InviteOptions,
+    ) -> Result<Hosted, NetError> {
+        let role = space
+            .inner()
+            .map_err(NetError::Space)?
+            .halo()
+            .role_of(&self.identity);
+        if !matches!(role, Some(Role::Owner | Role::Admin)) {
+            return Err(NetError::NotAdmin {
+                space: space.key(),
+                role,
+            });
+        }
+        if options.role == Role::Owner && role != Some(Role::Owner) {
+            return Err(NetError::NotAdmin {
+                space: space.key(),
+                role,
+            });
+        }
+        let hints = self
+            .listen_addrs()
+            .into_iter()
+            .map(|a| a.to_string())
+            .take(4)
+            .collect();
+        let spec = InvitationSpec {
+            kind: InvitationKind::Space {
+                space: space.key(),
+                role: options.role,
+            },
+            auth: if options.auth_code {
+                AuthSpec::AuthCode
+            } else {
+                AuthSpec::None
+            },
+            uses: if options.multi_use {
+                Uses::Multi { max: None }
+            } else {
+                Uses::Single
+            },
+            expires_at: options.expires.map(|d| {
+                let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                echodb_halo::Timestamp(now().0.saturating_add(millis))
+            }),
+            hints,
+        };
+        let invitation = Invitation::create(spec, self.device, &mut OsEntropy).map_err(|e| {
+            NetError::Invite {
+                reason: e.to_string(),
+            }
+        })?;
+        let signer = client.device_signer().map_err(NetError::Space)?;
+        // The node keeps the invitation record; this handle keeps what it shows.
+        let node = self.node()?;
+        let code = invitation.code().clone();
+        let auth_code = invitation.auth_code().map(|c| c.to_string());
+        let updates = self
+            .runtime
+            .block_on(node.host_invitation(invitation, signer))
+            .map_err(|source| NetError::Node { source })?;
+        Ok(Hosted {
+            code,
+            auth_code,
+            space: space.key(),
+            updates,
+        })
+    }
+
+    /// What happened to a hosted invitation since the last call; writes the credentials of
+    /// guests that passed.
+    pub fn poll_hosted(
+        &mut self,
+        client: &Client,
+        hosted: &mut Hosted,
+    ) -> Result<Vec<HostEvent>, NetError> {
+        let mut events = Vec::new();
+        while let Ok(update) = hosted.updates.try_recv() {
+            match update {
+                HostUpdate::GuestConnected { device } => {
+                    events.push(HostEvent::GuestConnected { device });
+                }
+                HostUpdate::AuthFailed { attempts_left, .. } => {
+                    events.push(HostEvent::AuthFailed { attempts_left });
+                }
+                HostUpdate::WriteCredentials {
+                    space,
+                    credentials,
+                    done,
+                    ..
+                } => {
+                    let result = write_credentials(client, space, &credentials);
+                    if let Err(error) = &result {
+                        tracing::warn!(%error, "writing a guest's credentials failed");
+                    }
+                    let _ = done.send(result.map_err(|e| e.to_string()));
+                    self.dirty.store(true, Ordering::Release);
+                    self.refresh(client)?;
+                }
+                HostUpdate::Completed { guest } => events.push(HostEvent::Joined {
+                    identity: guest.identity,
+                    device: guest.device,
+                }),
+                HostUpdate::Failed { error, active, .. } => {
+                    events.push(HostEvent::Failed { error, active });
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Stops hosting an invitation.
+    pub fn end_invitation(&self, hosted: &Hosted) {
+        if let Some(node) = &self.node {
+            self.runtime.block_on(node.end_invitation(&hosted.code));
+        }
+    }
+
+    /// Starts joining a space with an invite code: reaches the host within `within`.
+    pub fn join(&self, client: &Client, code: &str, within: Duration) -> Result<Joining, NetError> {
+        let code: InviteCode = code.parse().map_err(
+            |e: echodb_mesh::invite::InviteCodeError| NetError::BadCode {
+                reason: e.to_string(),
+            },
+        )?;
+        let keys = client.generate_feed_keys().map_err(NetError::Space)?;
+        let guest = GuestKeys {
+            identity: self.identity,
+            device: self.device,
+            control_feed: keys.control.public_key(),
+            data_feed: keys.data.public_key(),
+        };
+        let node = self.node()?;
+        let handle = self
+            .runtime
+            .block_on(node.join_invitation(code.clone(), guest, within))
+            .map_err(|source| NetError::Node { source })?;
+        Ok(Joining {
+            code,
+            keys,
+            guest,
+            updates: handle.updates,
+            answers: handle.answers,
+        })
+    }
+
+    /// Gives the host the answer it asked for.
+    pub fn answer(&self, joining: &Joining, answer: &str) -> Result<(), NetError> {
+        let answer = Answer::AuthCode(answer.trim().to_owned());
+        self.runtime
+            .block_on(joining.answers.send(answer))
+            .map_err(|_| NetError::Invite {
+                reason: format!("invitation {}: the join has ended", joining.code.id()),
+            })
+    }
+
+    /// What happened to a join since the last call. On [`JoinEvent::Joined`] the space is in
+    /// the vault and replicating with the host.
+    pub fn poll_join(
+        &mut self,
+        client: &Client,
+        joining: &mut Joining,
+    ) -> Result<Vec<JoinEvent>, NetError> {
+        let mut events = Vec::new();
+        while let Ok(update) = joining.updates.try_recv() {
+            match update {
+                GuestUpdate::Connected => events.push(JoinEvent::Connected),
+                GuestUpdate::AuthRequired { method } => {
+                    events.push(JoinEvent::AuthRequired { method });
+                }
+                GuestUpdate::AuthFailed { attempts_left } => {
+                    events.push(JoinEvent::AuthFailed { attempts_left });
+                }
+                GuestUpdate::Failed { error } => events.push(JoinEvent::Failed { error }),
+                GuestUpdate::Welcomed(welcome) => {
+                    let space_key = welcome.kind.space();
+                    let Some(genesis) = welcome.genesis_feed else {
+                        events.push(JoinEvent::Failed {
+                            error: format!(
+                                "invitation {}: the host did not name the space's genesis feed (an older host?)",
+                                joining.code.id()
+                            ),
+                        });
+                        continue;
+                    };
+                    let trusted: (BTreeSet<PublicKey>, BTreeSet<PublicKey>) = (
+                        [welcome.host_device, self.device].into_iter().collect(),
+                        welcome
+                            .space_feeds
+                            .iter()
+                            .copied()
+                            .chain([joining.guest.control_feed, joining.guest.data_feed])
+                            .collect(),
+                    );
+                    let space = client
+                        .join_space(space_key, genesis, joining.keys.clone())
+                        .map_err(NetError::Space)?;
+                    self.track(&space, Some(trusted))?;
+                    events.push(JoinEvent::Joined(space));
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Removes `member` from `space`: writes `MemberRemoved` with the cutoffs of its feeds
+    /// at what this vault holds; its devices are no longer replicated with.
+    pub fn remove_member(
+        &mut self,
+        client: &Client,
+        space: &Space,
+        member: PublicKey,
+    ) -> Result<(), NetError> {
+        remove_member(client, space, member)?;
+        self.dirty.store(true, Ordering::Release);
+        self.refresh(client)?;
+        Ok(())
+    }
+
+    /// Asks peers for `space` although this vault holds no credential in it, trusting every
+    /// device and feed: what an outsider who learnt the space's key (and so its discovery key)
+    /// could try. Members refuse it; [`Network::blocks_of`] shows what it got. For tests and
+    /// for checking a deployment.
+    pub fn probe(&self, space: PublicKey) -> Result<(), NetError> {
+        let node = self.node()?;
+        self.runtime
+            .block_on(node.add_space(space, Arc::new(TrustAll)))
+            .map_err(|source| NetError::Node { source })
+    }
+
+    /// Stops the node (waiting at most a few seconds).
+    pub fn shutdown(mut self) {
+        if let Some(node) = self.node.take() {
+            self.runtime.block_on(node.shutdown());
+        }
+    }
+}
+
+/// A membership that admits every device and feed (see [`Network::probe`]).
+struct TrustAll;
+
+impl echodb_mesh::replicate::Membership for TrustAll {
+    fn is_member_device(&self, _device: &PublicKey) -> bool {
+        true
+    }
+    fn is_space_feed(&self, _feed: &PublicKey) -> bool {
+        true
+    }
+}
+
+fn merge(
+    devices: &BTreeSet<PublicKey>,
+    feeds: &BTreeSet<PublicKey>,
+    bootstrap: Option<&(BTreeSet<PublicKey>, BTreeSet<PublicKey>)>,
+) -> (Vec<PublicKey>, Vec<PublicKey>) {
+    let mut all_devices: BTreeSet<PublicKey> = devices.clone();
+    let mut all_feeds: BTreeSet<PublicKey> = feeds.clone();
+    if let Some((d, f)) = bootstrap {
+        all_devices.extend(d.iter().copied());
+        all_feeds.extend(f.iter().copied());
+    }
+    (
+        all_devices.into_iter().collect(),
+        all_feeds.into_iter().collect(),
+    )
+}
+
+fn write_credentials(
+    client: &Client,
+    space: PublicKey,
+    credentials: &[echodb_halo::Credential],
+) -> Result<SpaceFeeds, NetError> {
+    let space = client.open_any_space(space).map_err(NetError::Space)?;
+    let mut inner = space.inner().map_err(NetError::Space)?;
+    for credential in credentials {
+        inner
+            .write_credential(credential)
+            .map_err(|e| NetError::Invite {
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(SpaceFeeds {
+        feeds: inner.halo().feeds().into_iter().map(|f| f.feed).collect(),
+        genesis_feed: inner.genesis_feed(),
+    })
+}
+
+fn remove_member(client: &Client, space: &Space, member: PublicKey) -> Result<(), NetError> {
+    let signer: DeviceSigner = client.device_signer().map_err(NetError::Space)?;
+    let mut inner = space.inner().map_err(NetError::Space)?;
+    let halo = inner.halo();
+    if halo.role_of(&member).is_none() {
+        return Err(NetError::NotMember {
+            space: space.key(),
+            member,
+        });
+    }
+    let store = inner.store().clone();
+    let cutoffs: Cutoffs = halo
+        .feeds()
+        .into_iter()
+        .filter(|f| f.identity == member)
+        .filter_map(|f| {
+            let length = store.length(&f.feed);
+            (length > 0).then(|| (f.feed, Seq(length - 1)))
+        })
+        .collect();
+    let claim = Claim {
+        space: space.key(),
+        issuer: signer.identity(),
+        subject: member,
+        issued_at: now(),
+        parents: Vec::new(),
+        assertion: Assertion::MemberRemoved { member, cutoffs },
+    }
+    .sign(&signer);
+    inner
+        .write_credential(&claim)
+        .map_err(|e| NetError::Invite {
+            reason: e.to_string(),
+        })?;
+    tracing::info!(space = %space.key().short(), member = %member.short(), "member removed");
+    Ok(())
+}
