@@ -28,6 +28,9 @@ pub fn run() -> Result<()> {
     })?;
     step("cargo deny (licences, bans, sources)", || {
         system::ensure_cargo_tool("deny", "cargo-deny", "0.20.2")?;
+        // cargo-deny reads the metadata of every package in the lock file, including those of
+        // other platforms that a build here never downloads: fetch them first (crates.io only).
+        cargo(&["fetch", "--locked"])?;
         cargo(&["deny", "--offline", "check", "licenses", "bans", "sources"])
     })?;
     step("doc tests", || {

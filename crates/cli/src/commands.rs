@@ -12,7 +12,10 @@ use echodb::{Client, NetConfig, Network, ObjectId, Query, Space, Value};
 use crate::args::Field;
 use crate::jobs::{self, Job, LocalInput};
 use crate::output::Out;
-use crate::{Cli, Command, IdentityCommand, ObjectCommand, QueryArgs, SpaceCommand, TextCommand};
+use crate::{
+    Cli, Command, EpochCommand, IdentityCommand, ObjectCommand, QueryArgs, SpaceCommand,
+    TextCommand,
+};
 
 /// How often a job is stepped.
 pub const STEP: Duration = Duration::from_millis(25);
@@ -230,6 +233,48 @@ pub fn start(command: Command, ctx: &mut Ctx, out: &mut Out) -> Result<Option<Bo
             )?));
         }
         Command::Text(command) => text(client, command, out)?,
+        Command::Epoch(EpochCommand::Create { space }) => {
+            let space = open_space(client, &space)?;
+            let signer = client.device_signer()?;
+            let created = space.create_epoch(&signer)?;
+            out.event(
+                serde_json::json!({
+                    "event": "epoch",
+                    "space": space.key().to_string(),
+                    "number": created.number,
+                    "snapshot": created.cid.to_string(),
+                    "snapshot_bytes": created.snapshot_bytes,
+                    "objects": created.objects,
+                    "in_sequence": created.in_sequence,
+                }),
+                &format!(
+                    "epoch {} of space {}: {} objects, snapshot {} ({} bytes){}",
+                    created.number,
+                    space.key(),
+                    created.objects,
+                    created.cid,
+                    created.snapshot_bytes,
+                    if created.in_sequence {
+                        ""
+                    } else {
+                        "; a concurrent epoch with this number came first"
+                    }
+                ),
+            )?;
+        }
+        Command::Epoch(EpochCommand::List { space }) => {
+            let space = open_space(client, &space)?;
+            let epochs = space.epochs()?;
+            if epochs.is_empty() && !out.json() {
+                out.note("no epochs yet; make one with `echodb epoch create SPACE`");
+            }
+            for epoch in epochs {
+                out.event(
+                    serde_json::json!({ "number": epoch.number, "snapshot": epoch.snapshot, "blocks": epoch.blocks }),
+                    &format!("{}  snapshot {}  covers {} blocks", epoch.number, epoch.snapshot, epoch.blocks),
+                )?;
+            }
+        }
         Command::Feeds { space } => {
             let space = open_space(client, &space)?;
             for feed in space.feeds()? {

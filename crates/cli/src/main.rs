@@ -84,6 +84,9 @@ pub(crate) enum Command {
     /// Texts: create, insert, delete, get.
     #[command(subcommand)]
     Text(TextCommand),
+    /// Epochs: snapshots a space is opened and joined from.
+    #[command(subcommand)]
+    Epoch(EpochCommand),
     /// Each feed of a space: owner, designation, length, head.
     Feeds {
         /// The space (its key, or a unique prefix of it).
@@ -190,6 +193,20 @@ pub(crate) enum SpaceCommand {
         space: String,
         /// The member's identity key.
         identity: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EpochCommand {
+    /// Cut the space into a snapshot now (owners and admins); later opens start from it.
+    Create {
+        /// The space (its key, or a unique prefix of it).
+        space: String,
+    },
+    /// List the space's epochs.
+    List {
+        /// The space (its key, or a unique prefix of it).
+        space: String,
     },
 }
 

@@ -599,3 +599,32 @@ fn watch_ends_when_its_output_is_closed() {
     let status = wait_within(&mut child, DEADLINE);
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn epochs_are_created_listed_and_the_space_reopens_from_them() {
+    let (_dir, vault, space) = vault_with_space();
+    let id = run(
+        &vault,
+        &["object", "add", &space, "--type", "task", "title=before"],
+    )
+    .ok()
+    .line();
+    let created = run(&vault, &["--json", "epoch", "create", &space])
+        .ok()
+        .json();
+    assert_eq!(created["number"], 0, "{created}");
+    assert_eq!(created["in_sequence"], true, "{created}");
+    assert!(created["snapshot_bytes"].as_u64().unwrap() > 0);
+    run(&vault, &["object", "set", &space, &id, "title=after"]).ok();
+    run(&vault, &["epoch", "create", &space]).ok();
+    let listed = run(&vault, &["--json", "epoch", "list", &space])
+        .ok()
+        .json_lines();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[1]["number"], 1);
+    // Reopened from the latest snapshot, the vault holds the latest state.
+    let got = run(&vault, &["--json", "object", "get", &space, &id])
+        .ok()
+        .json();
+    assert_eq!(got["value"]["title"], "after");
+}

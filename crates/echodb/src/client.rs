@@ -347,8 +347,8 @@ impl Client {
             })
     }
 
-    /// This device signing for the identity.
-    pub(crate) fn device_signer(&self) -> Result<DeviceSigner, SpaceError> {
+    /// This device signing for the identity (for credentials it writes, e.g. epochs).
+    pub fn device_signer(&self) -> Result<DeviceSigner, SpaceError> {
         let identity = self.require_identity()?;
         let device = self
             .keyring

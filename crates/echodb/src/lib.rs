@@ -64,7 +64,7 @@ mod space;
 pub use client::{Client, IdentityInfo, KEYRING_DIR, STORE_DIR, SpaceInfo};
 pub use error::{Error, IdentityError, NetError, ObjectError, OpenError, SpaceError};
 pub use net::{NetConfig, Network, SyncStatus};
-pub use space::{FeedStatus, PROPERTIES_TYPE, Space, TEXT_TYPE};
+pub use space::{EpochSummary, FeedStatus, PROPERTIES_TYPE, Space, TEXT_TYPE};
 
 pub use echodb_echo::{
     Batch, ChangeEntry, ChangeKind, ChangePage, Direction, Event, FieldOp, Filter, ObjectId,

@@ -379,6 +379,37 @@ impl Space {
     pub fn changes(&self, cursor: &StreamCursor, limit: usize) -> Result<ChangePage, SpaceError> {
         Ok(self.inner()?.changes(cursor, limit))
     }
+
+    /// Creates the next epoch: a snapshot of the space now, stored in the blob store and named
+    /// by an `Epoch` credential this device writes (for its identity, which must be an owner or
+    /// admin). Later opens of this vault start from it; new members can join from it.
+    pub fn create_epoch(
+        &self,
+        issuer: &echodb_halo::DeviceSigner,
+    ) -> Result<echodb_epoch::CreatedEpoch, SpaceError> {
+        let mut inner = self.inner()?;
+        echodb_epoch::create_epoch(&mut inner, issuer, crate::client::now()).map_err(|e| {
+            SpaceError::Write {
+                space: self.key,
+                reason: format!("creating an epoch: {e}"),
+            }
+        })
+    }
+
+    /// The space's epochs, in sequence.
+    pub fn epochs(&self) -> Result<Vec<EpochSummary>, SpaceError> {
+        let inner = self.inner()?;
+        Ok(inner
+            .halo()
+            .epochs()
+            .iter()
+            .map(|e| EpochSummary {
+                number: e.number,
+                snapshot: hex::encode(e.snapshot.0),
+                blocks: e.timeframe.iter().map(|(_, seq)| seq.0 + 1).sum(),
+            })
+            .collect())
+    }
 }
 
 /// The space's properties object: the first one by id, as every replica picks the same.
@@ -386,4 +417,15 @@ fn properties(db: &echodb_echo::Database) -> Option<ObjectView> {
     db.query(&Query::of_type(PROPERTIES_TYPE).limit(1))
         .into_iter()
         .next()
+}
+
+/// One epoch of a space, as [`Space::epochs`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochSummary {
+    /// Its number, from 0.
+    pub number: u64,
+    /// Its snapshot's CID (hex of the BLAKE3 hash).
+    pub snapshot: String,
+    /// Blocks of the data feeds it covers.
+    pub blocks: u64,
 }
