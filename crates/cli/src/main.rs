@@ -44,7 +44,8 @@ pub(crate) struct Cli {
         value_delimiter = ','
     )]
     pub(crate) signal: Vec<String>,
-    /// Addresses to listen on when online [default: TCP and QUIC on every interface].
+    /// Addresses to listen on when online [default: TCP, QUIC and WebRTC-direct on every
+    /// interface].
     #[arg(
         long,
         global = true,

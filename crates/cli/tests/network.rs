@@ -230,6 +230,7 @@ impl Net {
 
 const TCP: &str = "/ip4/127.0.0.1/tcp/0";
 const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+const WEBRTC: &str = "/ip4/127.0.0.1/udp/0/webrtc-direct";
 
 fn command(vault: Option<&Path>, signal: &str, listen: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_echodb"));
@@ -427,9 +428,9 @@ fn three_peers_join_write_concurrently_survive_a_kill_and_converge() -> TestResu
     Ok(())
 }
 
-#[test]
-fn join_and_replicate_over_quic() -> TestResult {
-    let net = Net::start_on(QUIC)?;
+/// Two agents that listen on `listen` only: invite, join, and replicate both ways.
+fn join_and_replicate_on(listen: &'static str) -> TestResult {
+    let net = Net::start_on(listen)?;
     net.identity("alice")?;
     net.identity("bob")?;
     let space = net.ok("alice", &["space", "create", "--name", "q"])?[0]["space"]
@@ -438,7 +439,7 @@ fn join_and_replicate_over_quic() -> TestResult {
         .to_owned();
     net.ok(
         "alice",
-        &["object", "add", &space, "--type", "task", "title=over quic"],
+        &["object", "add", &space, "--type", "task", "title=first"],
     )?;
     let _alice = net.agent("alice")?;
     let _bob = net.agent("bob")?;
@@ -446,20 +447,23 @@ fn join_and_replicate_over_quic() -> TestResult {
     assert_eq!(net.tasks("bob", &space)?.len(), 1);
     net.ok(
         "bob",
-        &[
-            "object",
-            "add",
-            &space,
-            "--type",
-            "task",
-            "title=back over quic",
-        ],
+        &["object", "add", &space, "--type", "task", "title=back"],
     )?;
     assert!(
         eventually(|| Ok(net.tasks("alice", &space)?.len() == 2))?,
         "alice did not get bob's task"
     );
     Ok(())
+}
+
+#[test]
+fn join_and_replicate_over_quic() -> TestResult {
+    join_and_replicate_on(QUIC)
+}
+
+#[test]
+fn join_and_replicate_over_webrtc_direct() -> TestResult {
+    join_and_replicate_on(WEBRTC)
 }
 
 #[test]

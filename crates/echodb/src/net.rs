@@ -31,8 +31,8 @@ use crate::space::Space;
 /// How a vault goes online.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// Addresses to listen on. Default: TCP and QUIC on every interface, ports chosen by the
-    /// system.
+    /// Addresses to listen on. Default: TCP, QUIC and WebRTC-direct on every interface, ports
+    /// chosen by the system.
     pub listen: Vec<Multiaddr>,
     /// Signal servers (rendezvous + relay), each ending in `/p2p/<peer id>`.
     pub signal: Vec<Multiaddr>,
@@ -43,10 +43,14 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         Self {
-            listen: ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
+            listen: [
+                "/ip4/0.0.0.0/tcp/0",
+                "/ip4/0.0.0.0/udp/0/quic-v1",
+                "/ip4/0.0.0.0/udp/0/webrtc-direct",
+            ]
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect(),
             signal: Vec::new(),
             mdns: true,
         }

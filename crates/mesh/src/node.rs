@@ -293,6 +293,9 @@ impl Node {
         device: &KeyPair,
         store: Arc<FeedStore>,
     ) -> Result<Self, NodeError> {
+        // Both rustls back ends are linked (QUIC brings aws-lc, WebRTC's DTLS ring), so the
+        // process-wide one must be chosen; the first node of the process does it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let device_key = device.public_key();
         let keypair = identity(device)?;
         let peer_id = keypair.public().to_peer_id();
@@ -311,6 +314,15 @@ impl Node {
             )
             .map_err(|e| build(e.to_string()))?
             .with_quic()
+            .with_other_transport(|key| {
+                // WebRTC-direct (`/udp/…/webrtc-direct`): its DTLS certificate is made per run;
+                // the peer is still authenticated by its libp2p key through Noise.
+                let certificate = libp2p_webrtc::tokio::Certificate::generate(&mut rand::rng())?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    libp2p_webrtc::tokio::Transport::new(key.clone(), certificate),
+                )
+            })
+            .map_err(|e| build(e.to_string()))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| build(e.to_string()))?
             .with_behaviour(|key, relay| {
