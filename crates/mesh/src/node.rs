@@ -17,6 +17,7 @@
 //! - Reconnection: a peer this node dialled (or found through mDNS or rendezvous) is dialled
 //!   again after it disconnects, with exponential backoff.
 
+pub mod blob;
 mod driver;
 pub mod invite;
 mod status;
@@ -424,6 +425,9 @@ impl Node {
         let invites = control
             .accept(StreamProtocol::new(crate::invite::PROTOCOL))
             .map_err(|e| build(e.to_string()))?;
+        let blobs = control
+            .accept(StreamProtocol::new(crate::blob::PROTOCOL))
+            .map_err(|e| build(e.to_string()))?;
         let (commands, commands_rx) = mpsc::channel(COMMANDS);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (membership, membership_rx) = watch::channel(0u64);
@@ -444,6 +448,7 @@ impl Node {
             config,
         };
         let user_control = control_of(&shared);
+        let blob_accept = tokio::spawn(blob::accept_loop(shared.clone(), blobs));
         let accept = tokio::spawn(accept_loop(shared.clone(), incoming));
         let mut driver = SwarmDriver {
             swarm,
@@ -457,6 +462,7 @@ impl Node {
             finding: HashSet::new(),
             accept,
             invite_accept,
+            blob_accept,
         };
         for addr in driver.shared.config.signal_servers.clone() {
             driver.dial(addr);
@@ -611,6 +617,17 @@ impl Node {
             }
         });
         Ok(invite::GuestHandle { updates, answers })
+    }
+
+    /// Fetches the blob `cid` (at most `max_size` bytes) from `peer`, verified by its CID. The
+    /// peer serves it only if this device is a member of a space it holds.
+    pub async fn fetch_blob(
+        &self,
+        peer: PeerId,
+        cid: echodb_feed_store::Cid,
+        max_size: u64,
+    ) -> Result<bytes::Bytes, blob::FetchError> {
+        blob::fetch(self.control.clone(), peer, cid, max_size).await
     }
 
     /// Stops the node and waits (at most 5 s) for its task to end.
@@ -768,6 +785,7 @@ struct SwarmDriver {
     finding: HashSet<DiscoveryKey>,
     accept: JoinHandle<()>,
     invite_accept: JoinHandle<()>,
+    blob_accept: JoinHandle<()>,
 }
 
 impl SwarmDriver {
@@ -787,6 +805,7 @@ impl SwarmDriver {
         }
         self.accept.abort();
         self.invite_accept.abort();
+        self.blob_accept.abort();
         tracing::info!(peer_id = %self.shared.local, "node stopped");
     }
 

@@ -289,3 +289,45 @@ async fn peers_find_each_other_through_a_signal_server() -> TestResult {
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_go_to_members_verified_and_not_to_others() -> TestResult {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        init_tracing();
+        let (alice, bob, mallory) = (
+            KeyPair::generate(),
+            KeyPair::generate(),
+            KeyPair::generate(),
+        );
+        let space = space(&[&alice, &bob]);
+        let (at_alice, at_bob, at_mallory) = (
+            Arc::new(FeedStore::in_memory()),
+            Arc::new(FeedStore::in_memory()),
+            Arc::new(FeedStore::in_memory()),
+        );
+        let snapshot: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let cid = at_alice.blobs().put(snapshot.clone())?;
+        let a = Node::spawn(config(TCP)?, &alice, at_alice.clone()).await?;
+        let b = Node::spawn(config(TCP)?, &bob, at_bob.clone()).await?;
+        let m = Node::spawn(config(TCP)?, &mallory, at_mallory.clone()).await?;
+        a.add_space(space.key, space.members.clone()).await?;
+        let addr = a.listen_addrs().first().cloned().ok_or("no address")?;
+        b.dial(addr.clone()).await?;
+        m.dial(addr).await?;
+
+        // A member gets the bytes, whole and verified (several chunks).
+        let got = b.fetch_blob(a.peer_id(), cid, 8 << 20).await?;
+        assert_eq!(got.as_ref(), snapshot.as_slice());
+        // Asking for less than it is fails without taking it.
+        let small = b.fetch_blob(a.peer_id(), cid, 1 << 20).await;
+        assert!(small.is_err(), "a blob over the limit was taken");
+        // A device that is no member of any space alice holds gets nothing.
+        let refused = m.fetch_blob(a.peer_id(), cid, 8 << 20).await;
+        assert!(refused.is_err(), "a non-member fetched a blob");
+        a.shutdown().await;
+        b.shutdown().await;
+        m.shutdown().await;
+        Ok(())
+    })
+    .await?
+}
