@@ -29,6 +29,8 @@ use crate::{Cli, Command};
 
 /// The socket's file name in the vault.
 pub const SOCKET: &str = "agent.sock";
+/// How often the spaces' epoch policies are checked.
+const POLICY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest request line accepted.
 const MAX_LINE: usize = 1 << 20;
 
@@ -112,9 +114,24 @@ pub fn run(mut ctx: Ctx, out: &mut Out) -> Result<()> {
     )?;
 
     let mut running: Vec<Running> = Vec::new();
+    let mut next_policy = std::time::Instant::now() + POLICY_EVERY;
     while !stop.load(Ordering::Relaxed) {
         if let Err(error) = ctx.pump() {
             tracing::warn!(error = %format!("{error:#}"), "applying replicated blocks failed");
+        }
+        if std::time::Instant::now() >= next_policy {
+            next_policy = std::time::Instant::now() + POLICY_EVERY;
+            if let Some(net) = ctx.net.as_mut() {
+                for (space, result) in net.run_epoch_policies(&ctx.client) {
+                    match result {
+                        Ok(epoch) => out.event(
+                            json!({ "event": "epoch", "space": space.to_string(), "number": epoch.number, "snapshot": epoch.cid.to_string() }),
+                            &format!("epoch {} of space {} created by the policy", epoch.number, space),
+                        )?,
+                        Err(error) => tracing::warn!(space = %space.short(), %error, "the epoch policy failed"),
+                    }
+                }
+            }
         }
         while let Ok(request) = incoming.try_recv() {
             if let Some(job) = start(&mut ctx, request) {

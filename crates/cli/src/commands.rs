@@ -262,6 +262,38 @@ pub fn start(command: Command, ctx: &mut Ctx, out: &mut Out) -> Result<Option<Bo
                 ),
             )?;
         }
+        Command::Epoch(EpochCommand::Policy {
+            space,
+            after_blocks,
+            after_bytes,
+            runner,
+            prune,
+        }) => {
+            let space = open_space(client, &space)?;
+            let runner = match runner {
+                Some(text) => text
+                    .trim()
+                    .parse::<echodb::PublicKey>()
+                    .with_context(|| format!("--runner {text:?} is not a device key"))?,
+                None => {
+                    client
+                        .identity()
+                        .context("this vault has no identity; create one first")?
+                        .device
+                }
+            };
+            let policy = echodb::layers::epoch::EpochPolicy {
+                after_blocks,
+                after_bytes,
+                runner: runner.to_string(),
+                prune,
+            };
+            let id = space.add_typed(&policy, None)?;
+            out.event(
+                serde_json::json!({ "space": space.key().to_string(), "policy": id.to_string(), "after_blocks": after_blocks, "after_bytes": after_bytes, "runner": runner.to_string(), "prune": prune }),
+                &format!("epoch policy set: device {} creates an epoch after {after_blocks} blocks or {after_bytes} bytes", runner.short()),
+            )?;
+        }
         Command::Epoch(EpochCommand::List { space }) => {
             let space = open_space(client, &space)?;
             let epochs = space.epochs()?;

@@ -209,6 +209,24 @@ pub(crate) enum EpochCommand {
         /// The space (its key, or a unique prefix of it).
         space: String,
     },
+    /// Set the space's automatic epoch policy: the named device (by default this one; run an
+    /// agent there) creates an epoch once this much arrived since the last one.
+    Policy {
+        /// The space (its key, or a unique prefix of it).
+        space: String,
+        /// After this many data blocks (0: never by count).
+        #[arg(long, default_value_t = 10_000)]
+        after_blocks: u64,
+        /// After this many payload bytes (0: never by size).
+        #[arg(long, default_value_t = 0)]
+        after_bytes: u64,
+        /// The device that creates them [default: this vault's device].
+        #[arg(long, value_name = "DEVICE")]
+        runner: Option<String>,
+        /// Also drop the blocks before each new epoch on the runner.
+        #[arg(long)]
+        prune: bool,
+    },
 }
 
 /// A role, as `--role` takes it.

@@ -566,3 +566,28 @@ fn a_vault_held_by_an_agent_answers_through_it_and_says_so_when_it_cannot() -> T
     assert_eq!(got[0]["value"]["text"], "hi");
     Ok(())
 }
+
+#[test]
+fn the_agent_runs_the_epoch_policy() -> TestResult {
+    let net = Net::start()?;
+    net.identity("alice")?;
+    let space = net.ok("alice", &["space", "create"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    net.ok("alice", &["epoch", "policy", &space, "--after-blocks", "3"])?;
+    let _agent = net.agent("alice")?;
+    for i in 0..4 {
+        net.ok(
+            "alice",
+            &["object", "add", &space, "--type", "task", &format!("n={i}")],
+        )?;
+    }
+    // The agent checks its policies every 10 s.
+    assert!(
+        eventually(|| Ok(!net.ok("alice", &["epoch", "list", &space])?.is_empty()))?,
+        "the agent made no epoch"
+    );
+    assert_eq!(net.tasks("alice", &space)?.len(), 4);
+    Ok(())
+}

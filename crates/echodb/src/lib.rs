@@ -76,6 +76,7 @@ pub use echodb_halo::{Designation, DeviceInfo, MemberInfo, PublicKey, Role};
 /// The layers below, for what this facade does not wrap.
 pub mod layers {
     pub use echodb_echo as echo;
+    pub use echodb_epoch as epoch;
     pub use echodb_feed_store as feed_store;
     pub use echodb_halo as halo;
     pub use echodb_mesh as mesh;

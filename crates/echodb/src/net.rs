@@ -664,6 +664,36 @@ impl Network {
         Ok(())
     }
 
+    /// Runs each space's epoch policy (see `echodb_epoch::EpochPolicy`): where it names this
+    /// device and an epoch is due, creates one. Returns the epochs created.
+    pub fn run_epoch_policies(
+        &mut self,
+        client: &Client,
+    ) -> Vec<(PublicKey, Result<echodb_epoch::CreatedEpoch, String>)> {
+        let mut created = Vec::new();
+        let Ok(signer) = client.device_signer() else {
+            return created;
+        };
+        let halo = client.identity().map(|i| i.halo_space);
+        for key in self.tracked.keys().copied().collect::<Vec<_>>() {
+            if Some(key) == halo {
+                continue;
+            }
+            let Ok(space) = client.open_any_space(key) else {
+                continue;
+            };
+            let Ok(mut inner) = space.inner() else {
+                continue;
+            };
+            match echodb_epoch::run_policy(&mut inner, &self.device, &signer, now()) {
+                Ok(Some(epoch)) => created.push((key, Ok(epoch))),
+                Ok(None) => {}
+                Err(error) => created.push((key, Err(error.to_string()))),
+            }
+        }
+        created
+    }
+
     /// Asks peers for `space` although this vault holds no credential in it, trusting every
     /// device and feed: what an outsider who learnt the space's key (and so its discovery key)
     /// could try. Members refuse it; [`Network::blocks_of`] shows what it got. For tests and
