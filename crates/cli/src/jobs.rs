@@ -430,6 +430,8 @@ pub struct Sync {
     deadline: Instant,
     progress: Instant,
     started: Instant,
+    /// A spinner on a terminal (never with `--json` or through the agent).
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Sync {
@@ -446,11 +448,19 @@ impl Sync {
             spaces.len(),
             if spaces.len() == 1 { "" } else { "s" }
         ));
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = (out.is_local() && !out.json() && terminal).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar.set_message("reaching peers…");
+            bar
+        });
         Ok(Box::new(Self {
             spaces,
             deadline: Instant::now() + timeout,
             progress: Instant::now() + PROGRESS,
             started: Instant::now(),
+            bar,
         }))
     }
 }
@@ -464,7 +474,18 @@ impl Job for Sync {
         for space in &self.spaces {
             statuses.push((*space, net.sync_status(&ctx.client, *space)?));
         }
+        let peers: usize = statuses.iter().map(|(_, s)| s.peers).sum();
+        let in_sync: usize = statuses.iter().map(|(_, s)| s.in_sync).sum();
+        let blocks: u64 = statuses.iter().map(|(_, s)| s.blocks).sum();
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "{in_sync}/{peers} sessions in sync, {blocks} blocks held"
+            ));
+        }
         if statuses.iter().all(|(_, s)| s.is_synced()) {
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
+            }
             for (space, status) in statuses {
                 out.event(
                     json!({ "event": "synced", "space": space.to_string(), "peers": status.peers, "blocks": status.blocks, "seconds": self.started.elapsed().as_secs_f64() }),
@@ -496,10 +517,8 @@ impl Job for Sync {
                 behind.join(", ")
             );
         }
-        if Instant::now() >= self.progress {
+        if self.bar.is_none() && Instant::now() >= self.progress {
             self.progress = Instant::now() + PROGRESS;
-            let peers: usize = statuses.iter().map(|(_, s)| s.peers).sum();
-            let blocks: u64 = statuses.iter().map(|(_, s)| s.blocks).sum();
             out.note(&format!(
                 "syncing: {peers} session(s), {blocks} blocks held"
             ));
