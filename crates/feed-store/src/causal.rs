@@ -278,9 +278,20 @@ impl CausalIterator {
         Some(Ok(delivered))
     }
 
+    /// Loads the exhausted feeds that grew since; the others stay exhausted, unread.
     fn poll_exhausted(&mut self) -> Result<(), CausalError> {
-        let feeds: Vec<PublicKey> = std::mem::take(&mut self.exhausted).into_iter().collect();
-        for feed in feeds {
+        let grown: Vec<PublicKey> = self
+            .exhausted
+            .iter()
+            .filter(|feed| {
+                self.cursors
+                    .get(*feed)
+                    .is_none_or(|cursor| self.store.length(feed) > cursor.next)
+            })
+            .copied()
+            .collect();
+        for feed in grown {
+            self.exhausted.remove(&feed);
             self.load(feed)?;
         }
         Ok(())
@@ -294,7 +305,9 @@ impl CausalIterator {
         if cursor.head.is_some() || cursor.broken {
             return Ok(());
         }
-        if cursor.buffer.is_empty() {
+        // Only a feed that grew past the cursor has blocks to read: asking the length first
+        // keeps a pipeline run over many idle feeds from scanning storage for each of them.
+        if cursor.buffer.is_empty() && self.store.length(&feed) > cursor.next {
             let start = cursor.next;
             let blocks = self
                 .store

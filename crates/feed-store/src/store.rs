@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use echodb_halo::{PublicKey, Seq, Signature, Signer, Timeframe};
@@ -139,6 +139,15 @@ struct Plan {
     merged: Timeframe,
     delta: Vec<(PublicKey, Seq)>,
     first_lamport: u64,
+}
+
+/// What checking a received range found.
+#[derive(Debug)]
+enum Checked {
+    /// Every block of the range, and its signature, are already held: importing it is a no-op.
+    Held,
+    /// The range is new here (in part or whole), or differs from what is held; it verified.
+    New(VerifiedRange),
 }
 
 /// A range whose hash links and head signature have been checked.
@@ -600,8 +609,10 @@ impl FeedStore {
     /// proof is kept and the feed closed), new blocks are stored in one atomic write, and ranges
     /// that were waiting for them attach.
     pub fn import(&self, range: &pb::SignedRange) -> Result<Imported, ImportError> {
-        let verified = self.verify_range(range, true)?;
-        self.import_verified(verified)
+        match self.verify_range(range, true)? {
+            Checked::Held => Ok(Imported::Duplicate),
+            Checked::New(verified) => self.import_verified(verified),
+        }
     }
 
     /// Imports a stream of ranges, as a replicator receives them: each range is verified on a
@@ -624,7 +635,10 @@ impl FeedStore {
                 }
             });
             rx.into_iter()
-                .map(|verified| verified.and_then(|v| self.import_verified(v)))
+                .map(|checked| match checked? {
+                    Checked::Held => Ok(Imported::Duplicate),
+                    Checked::New(verified) => self.import_verified(verified),
+                })
                 .collect()
         })
     }
@@ -675,11 +689,14 @@ impl FeedStore {
     }
 
     /// Checks a range whole; `parallel` spreads the hashing of a large range over every core.
+    ///
+    /// A range whose every block and signature are already held is not checked against its
+    /// signature again (see [`FeedStore::holds`]).
     fn verify_range(
         &self,
         range: &pb::SignedRange,
         parallel: bool,
-    ) -> Result<VerifiedRange, ImportError> {
+    ) -> Result<Checked, ImportError> {
         let feed = PublicKey::from_slice(&range.feed_key).map_err(|_| ImportError::BadFeedKey {
             len: range.feed_key.len(),
         })?;
@@ -757,9 +774,15 @@ impl FeedStore {
             seq: Seq(last_seq),
         };
         let signature = Signature::from_slice(&range.signature).map_err(|_| bad_signature())?;
+        if self
+            .holds(&feed, last_seq, &last_hash, &signature)
+            .map_err(|source| ImportError::Storage { feed, source })?
+        {
+            return Ok(Checked::Held);
+        }
         feed.verify(&head_message(&feed, Seq(last_seq), &last_hash), &signature)
             .map_err(|_| bad_signature())?;
-        Ok(VerifiedRange {
+        Ok(Checked::New(VerifiedRange {
             feed,
             start,
             encoded: range.blocks.clone(),
@@ -767,7 +790,47 @@ impl FeedStore {
             first_prev,
             signature,
             bytes: size,
-        })
+        }))
+    }
+
+    /// Whether the block at `seq` with hash `hash`, and `signature` over it, are already held:
+    /// then a range ending there, its hash links checked, is held whole (equal hashes at its
+    /// last block mean equal blocks all the way back), and importing it would write exactly the
+    /// bytes already stored. Its signature need not be checked again: it was checked before it
+    /// was stored.
+    ///
+    /// Anything else goes the full way: a different block at a held seq (a fork) is verified
+    /// and caught by [`FeedStore::attach`], and so is anything for a forked feed.
+    fn holds(
+        &self,
+        feed: &PublicKey,
+        seq: u64,
+        hash: &BlockHash,
+        signature: &Signature,
+    ) -> Result<bool, StorageError> {
+        let head = {
+            let state = self.lock();
+            match state.feeds.get(feed) {
+                Some(held) if held.forked.is_none() && seq < held.length => {
+                    (seq + 1 == held.length).then_some(held.head)
+                }
+                _ => return Ok(false),
+            }
+        };
+        // Blocks below the length never change (a fork is refused, not stored), so reading them
+        // after the lock is released is safe.
+        let held_hash = match head {
+            Some(head) => head,
+            None => self
+                .storage
+                .get(Column::Blocks, &feed_seq_key(feed, seq))?
+                .map(|bytes| BlockHash::of(&bytes)),
+        };
+        if held_hash.as_ref() != Some(hash) {
+            return Ok(false);
+        }
+        let held_signature = self.storage.get(Column::Heads, &feed_seq_key(feed, seq))?;
+        Ok(held_signature.as_deref() == Some(&signature.as_bytes()[..]))
     }
 
     /// Stores the part of a verified range that extends the feed, or keeps it waiting.
@@ -1225,8 +1288,11 @@ fn inspect_all(
     parallel: bool,
 ) -> Vec<Result<(BlockHeader, BlockHash), MalformedBlock>> {
     let one = |bytes: &[u8]| inspect(bytes).map(|header| (header, BlockHash::of(bytes)));
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if !parallel || threads < 2 || encoded.len() < PARALLEL_INSPECT_MIN {
+    if !parallel || encoded.len() < PARALLEL_INSPECT_MIN {
+        return encoded.iter().map(|b| one(b)).collect();
+    }
+    let threads = cores();
+    if threads < 2 {
         return encoded.iter().map(|b| one(b)).collect();
     }
     let slices: Vec<&[u8]> = encoded.iter().map(|b| &b[..]).collect();
@@ -1244,6 +1310,13 @@ fn inspect_all(
             })
             .collect()
     })
+}
+
+/// The cores this process may use, asked once: the answer reads cgroup files, which costs more
+/// than inspecting a small range.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 fn put_feed_meta(batch: &mut WriteBatch, feed: &PublicKey, length: u64, head: Option<BlockHash>) {

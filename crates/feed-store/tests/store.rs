@@ -235,6 +235,72 @@ fn two_signed_blocks_at_one_seq_are_a_fork() -> TestResult {
 }
 
 #[test]
+fn held_ranges_are_duplicates_and_a_different_signature_is_still_checked() -> TestResult {
+    let writer = KeyPair::generate();
+    let forger = KeyPair::generate();
+    let feed = writer.public_key();
+    let origin = FeedStore::in_memory();
+    for i in 0..6u8 {
+        origin.append(&writer, &Timeframe::new(), &[[i; 4]])?;
+    }
+    let replica = FeedStore::in_memory();
+    replica.import(&whole_feed(&origin, &feed)?)?;
+    let pairs = ranges_of(&origin, &feed, 2)?;
+    assert_eq!(pairs.len(), 3);
+    for range in &pairs {
+        // The first time its signature is new here: checked and kept; then held whole.
+        assert_eq!(replica.import(range)?, Imported::Duplicate);
+        assert_eq!(replica.import(range)?, Imported::Duplicate);
+    }
+    assert_eq!(
+        replica.signed_seqs(&feed, Seq(0), Seq(6))?,
+        vec![Seq(1), Seq(3), Seq(5)]
+    );
+    // Held blocks under a signature that is not the one held: checked, and refused.
+    for range in &pairs {
+        let mut forged = range.clone();
+        let last = echodb_feed_store::DecodedBlock::decode(
+            forged.blocks.last().ok_or("empty range")?.clone(),
+        )?;
+        let message = echodb_feed_store::head_message(&feed, last.seq(), &last.hash);
+        forged.signature = Bytes::copy_from_slice(forger.sign(&message).as_bytes());
+        assert!(matches!(
+            replica.import(&forged),
+            Err(ImportError::BadSignature { .. })
+        ));
+    }
+    assert_eq!(replica.length(&feed), 6);
+    assert_eq!(replica.verify_feed(&feed)?, 6);
+    Ok(())
+}
+
+#[test]
+fn a_different_block_below_the_held_head_is_a_fork() -> TestResult {
+    let writer = KeyPair::generate();
+    let feed = writer.public_key();
+    let left = FeedStore::in_memory();
+    let right = FeedStore::in_memory();
+    left.append(&writer, &Timeframe::new(), &[b"shared"])?;
+    right.import(&whole_feed(&left, &feed)?)?;
+    left.append(&writer, &Timeframe::new(), &[b"left"])?;
+    left.append(&writer, &Timeframe::new(), &[b"more"])?;
+    right.append(&writer, &Timeframe::new(), &[b"right"])?;
+    let replica = FeedStore::in_memory();
+    replica.import(&whole_feed(&left, &feed)?)?;
+    // Entirely within the three blocks held, but block 1 differs.
+    let err = replica.import(&whole_feed(&right, &feed)?);
+    assert!(
+        matches!(err, Err(ImportError::ForkDetected { seq: Seq(1), .. })),
+        "{err:?}"
+    );
+    assert_eq!(replica.forked_at(&feed), Some(Seq(1)));
+    // A range that is held, block for block, is refused too once the feed is forked.
+    let err = replica.import(&whole_feed(&left, &feed)?);
+    assert!(matches!(err, Err(ImportError::Forked { .. })), "{err:?}");
+    Ok(())
+}
+
+#[test]
 fn a_fork_at_the_link_into_held_blocks_is_caught() -> TestResult {
     let writer = KeyPair::generate();
     let feed = writer.public_key();

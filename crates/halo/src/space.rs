@@ -26,6 +26,7 @@
 pub mod rules;
 pub mod view;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -251,12 +252,35 @@ struct Pass {
     decisions: Vec<Option<Result<Valid, Refusal>>>,
     /// Valid blocks in canonical order.
     valid: Vec<usize>,
+    /// The greatest seq of a valid block in each control feed: a cut that contains these
+    /// contains every valid block (causal pasts are closed downwards within a feed).
+    valid_max: BTreeMap<PublicKey, Seq>,
     accepted: BTreeMap<CredentialId, Position>,
 }
 
 impl Pass {
     fn is_valid(&self, block: usize) -> bool {
         matches!(self.decisions.get(block), Some(Some(Ok(_))))
+    }
+
+    /// Records block `index` at `position` as valid, after the valid blocks before it.
+    fn push_valid(&mut self, index: usize, position: Position, id: Option<CredentialId>) {
+        self.valid.push(index);
+        let max = self.valid_max.entry(position.feed).or_insert(position.seq);
+        *max = (*max).max(position.seq);
+        if let Some(id) = id {
+            self.accepted.insert(id, position);
+        }
+    }
+
+    /// Whether `cut` contains every valid block of this pass.
+    fn within(&self, cut: &Cut<'_>) -> bool {
+        self.valid_max.iter().all(|(feed, seq)| {
+            cut.contains(Position {
+                feed: *feed,
+                seq: *seq,
+            })
+        })
     }
 }
 
@@ -370,7 +394,13 @@ impl SpaceStateMachine {
         let is_removal = self.blocks[index].removal_target().is_some();
         if at_end && !is_removal && !seen_before {
             self.pass.decisions.push(None);
-            let decision = self.decide(index, &self.pass, &self.filters, &self.excluded);
+            let decision = self.decide(
+                index,
+                &self.pass,
+                Some(&self.view),
+                &self.filters,
+                &self.excluded,
+            );
             if let Ok(valid) = &decision {
                 self.apply_to(index, *valid);
             }
@@ -399,12 +429,24 @@ impl SpaceStateMachine {
         timeframe: &Timeframe,
         kind: BlockKind,
     ) -> Result<(), Refusal> {
+        self.check_write_in(feed, seq, timeframe, kind, Some(&self.view))
+    }
+
+    /// [`SpaceStateMachine::check_write`], with the current view when `whole` is given.
+    fn check_write_in(
+        &self,
+        feed: &PublicKey,
+        seq: Seq,
+        timeframe: &Timeframe,
+        kind: BlockKind,
+        whole: Option<&View>,
+    ) -> Result<(), Refusal> {
         let cut = Cut {
             timeframe,
             feed: *feed,
             seq,
         };
-        let view = self.view_at(&cut, &self.pass);
+        let view = self.view_at(&cut, &self.pass, whole);
         let writer = view.feeds.get(feed).map(|f| (f.identity, f.device));
         let position = Position { feed: *feed, seq };
         // A data block an epoch covers is in that epoch's snapshot: only removals its issuer
@@ -548,7 +590,16 @@ impl SpaceStateMachine {
     }
 
     /// The fold of the valid credentials (of `pass`) in `cut`.
-    fn view_at(&self, cut: &Cut<'_>, pass: &Pass) -> View {
+    ///
+    /// `whole` is the fold of every valid credential of `pass`, when the caller keeps it: a cut
+    /// that contains them all (the usual case: a block written after its writer caught up) then
+    /// costs one look per control feed instead of a fold over every credential.
+    fn view_at<'v>(&self, cut: &Cut<'_>, pass: &Pass, whole: Option<&'v View>) -> Cow<'v, View> {
+        if let Some(whole) = whole
+            && pass.within(cut)
+        {
+            return Cow::Borrowed(whole);
+        }
         let mut view = View::default();
         for &i in &pass.valid {
             let block = &self.blocks[i];
@@ -558,24 +609,25 @@ impl SpaceStateMachine {
                 view.apply(&applied(block, parsed, valid.priority));
             }
         }
-        view
+        Cow::Owned(view)
     }
 
     fn apply_to(&mut self, index: usize, valid: Valid) {
-        self.pass.valid.push(index);
         let block = &self.blocks[index];
+        let id = block.parsed.as_ref().ok().map(|p| p.id);
+        self.pass.push_valid(index, block.position, id);
         if let Ok(parsed) = &block.parsed {
-            self.pass.accepted.insert(parsed.id, block.position);
             self.view.apply(&applied(block, parsed, valid.priority));
         }
     }
 
     /// Judges block `index`, given the decisions of `pass` for every block before it in the
-    /// canonical order.
+    /// canonical order; `whole` is the fold of every valid block of `pass`, when known.
     fn decide(
         &self,
         index: usize,
         pass: &Pass,
+        whole: Option<&View>,
         filters: &[Filter],
         excluded: &BTreeSet<usize>,
     ) -> Result<Valid, Refusal> {
@@ -594,7 +646,7 @@ impl SpaceStateMachine {
             return Err(Refusal::ConflictingRemoval { kind, target });
         }
         let cut = block.cut();
-        let view = self.view_at(&cut, pass);
+        let view = self.view_at(&cut, pass, whole);
         let writer = view
             .feeds
             .get(&block.position.feed)
@@ -663,17 +715,37 @@ impl SpaceStateMachine {
 
     /// Evaluates every block in canonical order.
     fn evaluate(&self, filters: &[Filter], excluded: &BTreeSet<usize>) -> Pass {
+        self.evaluate_in(filters, excluded, true)
+    }
+
+    /// [`SpaceStateMachine::evaluate`]; `keep_whole` keeps the fold of the valid blocks so far
+    /// to judge blocks that see all of them (without it every view is folded afresh).
+    fn evaluate_in(
+        &self,
+        filters: &[Filter],
+        excluded: &BTreeSet<usize>,
+        keep_whole: bool,
+    ) -> Pass {
         let mut pass = Pass {
             decisions: vec![None; self.blocks.len()],
-            valid: Vec::new(),
-            accepted: BTreeMap::new(),
+            ..Pass::default()
         };
+        // The fold of the valid blocks so far, kept alongside: most blocks see all of them.
+        let mut whole = View::default();
         for &index in &self.order {
-            let decision = self.decide(index, &pass, filters, excluded);
-            if decision.is_ok() {
-                pass.valid.push(index);
-                if let Ok(parsed) = &self.blocks[index].parsed {
-                    pass.accepted.insert(parsed.id, self.blocks[index].position);
+            let decision = self.decide(
+                index,
+                &pass,
+                keep_whole.then_some(&whole),
+                filters,
+                excluded,
+            );
+            if let Ok(valid) = &decision {
+                let block = &self.blocks[index];
+                let parsed = block.parsed.as_ref().ok();
+                pass.push_valid(index, block.position, parsed.map(|p| p.id));
+                if let Some(parsed) = parsed {
+                    whole.apply(&applied(block, parsed, valid.priority));
                 }
             }
             pass.decisions[index] = Some(decision);

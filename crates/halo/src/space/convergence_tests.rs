@@ -213,6 +213,40 @@ proptest! {
         }
     }
 
+    /// The views kept to judge blocks that see every valid credential give the decisions that
+    /// folding each block's view afresh gives, for control blocks and writes alike, whatever
+    /// the delivery order.
+    #[test]
+    fn kept_views_decide_as_views_folded_afresh(
+        prelude in proptest::collection::vec(role(), 3),
+        ops in proptest::collection::vec(op(), 5..30),
+        seed in any::<u64>(),
+    ) {
+        let w = build(&prelude, &ops);
+        let order = w.causal_order(Some(&mut Rng::new(seed)));
+        for replica in [w.full_replica(), w.replica(&order)] {
+            let afresh = replica.evaluate_in(&replica.filters, &replica.excluded, false);
+            prop_assert_eq!(
+                format!("{:?}", afresh.decisions),
+                format!("{:?}", replica.pass.decisions)
+            );
+            prop_assert_eq!(&afresh.valid, &replica.pass.valid);
+            for write in &w.writes {
+                prop_assert_eq!(
+                    replica.check_write_in(&write.feed, write.seq, &write.timeframe, BlockKind::Data, None),
+                    replica.check_write(&write.feed, write.seq, &write.timeframe, BlockKind::Data)
+                );
+            }
+            for b in &w.blocks {
+                let kind = BlockKind::Credential(CredentialKind::SpaceMember);
+                prop_assert_eq!(
+                    replica.check_write_in(&b.feed, b.seq, &b.timeframe, kind, None),
+                    replica.check_write(&b.feed, b.seq, &b.timeframe, kind)
+                );
+            }
+        }
+    }
+
     /// Any changed byte in a credential gets it refused, and the state does not change.
     #[test]
     fn a_changed_byte_is_refused_and_changes_nothing(
