@@ -2,7 +2,7 @@
 //! feeds subscriptions, and builds local writes.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque, hash_map};
 use std::sync::Arc;
 
 use echodb_halo::{PublicKey, Seq};
@@ -205,10 +205,16 @@ pub(crate) struct TouchState {
 }
 
 /// Objects touched by one block or commit, in first-touch order.
+///
+/// A vector in touch order with a hash index, not an ordered map: a block touches up to
+/// thousands of objects, each looked up a few times, and the states are large enough that
+/// shifting them inside tree nodes showed in profiles. Nothing iterates the hash index.
 #[derive(Debug, Default)]
 pub(crate) struct Touched {
-    order: Vec<ObjectId>,
-    states: BTreeMap<ObjectId, TouchState>,
+    /// Each object's state in first-touch order; `None` once taken out (a forgotten object).
+    states: Vec<(ObjectId, Option<TouchState>)>,
+    /// Position of each object in `states`.
+    at: HashMap<ObjectId, usize>,
 }
 
 impl Touched {
@@ -236,13 +242,30 @@ impl Touched {
 
     /// The state of `id`, first touched now with what `old` tells if it was not yet.
     fn state_of(&mut self, id: ObjectId, old: impl FnOnce() -> OldEntries) -> &mut TouchState {
-        self.states.entry(id).or_insert_with(|| {
-            self.order.push(id);
-            TouchState {
-                old: old(),
-                ..TouchState::default()
-            }
+        // Consecutive mutations of one object (a create and its first update) are the common
+        // case: check the last object touched before hashing.
+        let last = self.states.len().checked_sub(1);
+        let index = match last {
+            Some(last) if self.states[last].0 == id => last,
+            _ => match self.at.entry(id) {
+                hash_map::Entry::Occupied(entry) => *entry.get(),
+                hash_map::Entry::Vacant(entry) => {
+                    entry.insert(self.states.len());
+                    self.states.push((id, None));
+                    self.states.len() - 1
+                }
+            },
+        };
+        self.states[index].1.get_or_insert_with(|| TouchState {
+            old: old(),
+            ..TouchState::default()
         })
+    }
+
+    /// Takes an object's state out: the object is not reported or re-indexed by `finish`.
+    pub(crate) fn take(&mut self, id: &ObjectId) -> Option<TouchState> {
+        let index = self.at.remove(id)?;
+        self.states.get_mut(index)?.1.take()
     }
 }
 
@@ -270,6 +293,9 @@ pub struct Database {
     refusal_count: u64,
     subscriptions: Subscriptions,
     config: Config,
+    /// Indexes are not kept current (a replay fills the database and builds them in bulk at
+    /// the end, see [`Database::defer_indexes`]); queries must not run meanwhile.
+    indexes_deferred: bool,
 }
 
 /// How yrs splits blocks depends on the order updates arrived in; integrating the whole state
@@ -366,6 +392,27 @@ impl Database {
             refusal_count: 0,
             subscriptions: Subscriptions::default(),
             config,
+            indexes_deferred: false,
+        }
+    }
+
+    /// Stops keeping the indexes current until [`Database::build_indexes`]: for filling the
+    /// database from many blocks (a replay), where building the indexes once at the end, in
+    /// bulk, costs a fraction of a million inserts at random places. Only while nobody
+    /// queries or subscribes; `false` (nothing deferred) when someone has subscribed.
+    pub(crate) fn defer_indexes(&mut self) -> bool {
+        self.indexes_deferred = self.subscriptions.live.is_empty();
+        self.indexes_deferred
+    }
+
+    pub(crate) fn indexes_deferred(&self) -> bool {
+        self.indexes_deferred
+    }
+
+    /// Builds the indexes from every object, if they were deferred.
+    pub(crate) fn build_indexes(&mut self) {
+        if std::mem::take(&mut self.indexes_deferred) {
+            self.indexes = Indexes::build(self.config.index_policy.clone(), self.objects.iter());
         }
     }
 
@@ -648,6 +695,7 @@ impl Database {
         if self.models.custom_object() || self.docs.get(&id).is_some() {
             return Err(());
         }
+        let deferred = self.indexes_deferred;
         let Some(record) = self.objects.get_mut(&id) else {
             return Err(());
         };
@@ -660,6 +708,11 @@ impl Database {
             parent: record.parent.value,
         });
         record.state = update.into();
+        if deferred {
+            // `finish` has nothing else to do for it then; this saves it a lookup of the record
+            // (with a million objects, cache misses).
+            record.value = CompactValue::encode(&value);
+        }
         state.content = true;
         state.decoded = Some(value);
         Ok(())
@@ -668,9 +721,8 @@ impl Database {
     /// Re-reads changed objects, updates the indexes and subscriptions; the changes in order.
     pub(crate) fn finish(&mut self, touched: Touched) -> Vec<Change> {
         let mut changes = Vec::new();
-        let Touched { order, mut states } = touched;
-        for id in order {
-            let Some(state) = states.remove(&id) else {
+        for (id, state) in touched.states {
+            let Some(state) = state else {
                 continue;
             };
             let change = Change {
@@ -681,6 +733,17 @@ impl Database {
                 deleted: state.deleted,
             };
             let changed = change.created || change.content || change.parent || change.deleted;
+            if self.indexes_deferred {
+                if changed {
+                    changes.push(change);
+                }
+                // A value read without a document is stored already (`apply_without_document`
+                // sets `decoded` and the record's value together).
+                if state.content && state.decoded.is_none() {
+                    self.finish_value(id);
+                }
+                continue;
+            }
             if state.content
                 && !state.whole
                 && !state.sets.is_empty()
@@ -733,6 +796,24 @@ impl Database {
             self.notify(&changes);
         }
         changes
+    }
+
+    /// Sets the value of an object whose content changed, materialized from its document,
+    /// without touching the indexes (they are deferred).
+    fn finish_value(&mut self, id: ObjectId) {
+        let client = client_id_of(&self.writer);
+        let model = self.objects.get(&id).map(|r| r.model.clone());
+        let materialize = model.and_then(|m| self.models.get(&m));
+        let value = match (
+            materialize,
+            self.docs.hydrate(&mut self.objects, id, client),
+        ) {
+            (Some(materialize), Some(doc)) => materialize_doc(doc, materialize),
+            _ => Value::Null,
+        };
+        if let Some(record) = self.objects.get_mut(&id) {
+            record.value = CompactValue::encode(&value);
+        }
     }
 
     /// Applies the top-level field sets of local writes to an `object`'s compact value and
@@ -950,6 +1031,7 @@ impl Database {
         query: Query,
         capacity: usize,
     ) -> (SubscriptionId, Vec<ObjectView>) {
+        self.build_indexes();
         let last = query::run(self, &query);
         let current = last.iter().filter_map(|id| self.view(*id)).collect();
         let id = SubscriptionId(self.subscriptions.next);

@@ -16,7 +16,7 @@
 //!   still-valid blocks, replayed in delivery order (a causal order). The result depends only on
 //!   the set of blocks, so replicas that learn of the removal at different times agree.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map};
 use std::sync::Arc;
 
 use echodb_feed_store::{CausalError, CausalIterator, Cid, Delivered, FeedStore, ReadError};
@@ -184,14 +184,58 @@ pub struct Pipeline {
     feeds: BTreeMap<PublicKey, Designation>,
     log: Vec<LogEntry>,
     positions: HashMap<Position, usize>,
-    /// Log indexes of the data blocks naming each object, in log order.
-    object_blocks: HashMap<ObjectId, Vec<usize>>,
+    /// Log indexes of the data blocks naming each object, in log order: derived from the log,
+    /// and only needed to rebuild objects (rare), so built on the first rebuild and kept
+    /// current from then on. A replay of a million objects does not pay for it.
+    object_blocks: Option<HashMap<ObjectId, LogIndexes>>,
     /// Feeds skipped because a block of theirs had a bad timeframe, with the reason.
     broken: BTreeMap<PublicKey, String>,
     /// Payload bytes of each log entry (parallel to `log`).
     sizes: Vec<usize>,
     /// The snapshot this pipeline started from, if any.
     base: Option<SnapshotBase>,
+}
+
+/// Log indexes of the data blocks naming one object, in log order. Most objects are named by
+/// one block (a replay of a million objects would otherwise allocate a million vectors).
+#[derive(Debug)]
+enum LogIndexes {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl LogIndexes {
+    fn push(&mut self, index: usize) {
+        match self {
+            LogIndexes::One(first) => *self = LogIndexes::Many(vec![*first, index]),
+            LogIndexes::Many(all) => all.push(index),
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            LogIndexes::One(index) => std::slice::from_ref(index),
+            LogIndexes::Many(all) => all,
+        }
+    }
+}
+
+/// Adds the objects a log entry names to `object_blocks`.
+fn note_objects(object_blocks: &mut HashMap<ObjectId, LogIndexes>, index: usize, entry: &LogEntry) {
+    if let EntryKind::Data {
+        objects: Some(objects),
+        ..
+    } = &entry.kind
+    {
+        for id in objects {
+            match object_blocks.entry(*id) {
+                hash_map::Entry::Occupied(mut entry) => entry.get_mut().push(index),
+                hash_map::Entry::Vacant(entry) => {
+                    entry.insert(LogIndexes::One(index));
+                }
+            }
+        }
+    }
 }
 
 /// The objects a `Mutations` block names, in first-mention order; ids that do not parse are
@@ -242,7 +286,7 @@ impl Pipeline {
             feeds: BTreeMap::from([(genesis_feed, Designation::Control)]),
             log: Vec::new(),
             positions: HashMap::new(),
-            object_blocks: HashMap::new(),
+            object_blocks: None,
             broken: BTreeMap::new(),
             sizes: Vec::new(),
             base: None,
@@ -440,6 +484,16 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// Processes every deliverable block with the database's indexes built once at the end,
+    /// in bulk, rather than kept current block by block: for replaying a whole vault, when
+    /// nobody queries until it is done. The indexes are built even when processing fails.
+    pub fn replay_all(&mut self) -> Result<ProcessReport, PipelineError> {
+        self.db.defer_indexes();
+        let result = self.process_all();
+        self.db.build_indexes();
+        result
+    }
+
     /// Processes every deliverable block.
     pub fn process_all(&mut self) -> Result<ProcessReport, PipelineError> {
         let mut total = ProcessReport::default();
@@ -460,14 +514,8 @@ impl Pipeline {
     fn push(&mut self, entry: LogEntry, size: usize) -> usize {
         let index = self.log.len();
         self.sizes.push(size);
-        if let EntryKind::Data {
-            objects: Some(objects),
-            ..
-        } = &entry.kind
-        {
-            for id in objects {
-                self.object_blocks.entry(*id).or_default().push(index);
-            }
+        if let Some(object_blocks) = &mut self.object_blocks {
+            note_objects(object_blocks, index, &entry);
         }
         self.positions.insert(entry.position, index);
         self.log.push(entry);
@@ -721,10 +769,18 @@ impl Pipeline {
         &mut self,
         ids: &BTreeSet<ObjectId>,
     ) -> Result<RebuildReport, PipelineError> {
+        let log = &self.log;
+        let object_blocks = self.object_blocks.get_or_insert_with(|| {
+            let mut object_blocks = HashMap::new();
+            for (index, entry) in log.iter().enumerate() {
+                note_objects(&mut object_blocks, index, entry);
+            }
+            object_blocks
+        });
         let indexes: BTreeSet<usize> = ids
             .iter()
-            .filter_map(|id| self.object_blocks.get(id))
-            .flatten()
+            .filter_map(|id| object_blocks.get(id))
+            .flat_map(LogIndexes::as_slice)
             .copied()
             .filter(|i| {
                 matches!(

@@ -292,6 +292,10 @@ fn selectivity_rank(filter: &Filter) -> u8 {
 
 /// Runs `query`: matching objects' ids in result order.
 pub(crate) fn run(db: &Database, query: &Query) -> Vec<ObjectId> {
+    debug_assert!(
+        !db.indexes_deferred(),
+        "query while the indexes are deferred"
+    );
     let mut ordered: Vec<&Filter> = query.filters.iter().collect();
     ordered.sort_by_key(|f| selectivity_rank(f));
     let source = ordered.iter().find_map(|f| candidates(db, f));

@@ -510,7 +510,7 @@ impl Space {
             keys,
             pipeline,
         };
-        let report = this.pipeline.process_all()?;
+        let report = this.pipeline.replay_all()?;
         tracing::debug!(space = %space.short(), ?report, "space replayed");
         Ok(this)
     }

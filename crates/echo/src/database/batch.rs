@@ -499,6 +499,7 @@ impl<'db> Batch<'db> {
                         state.whole = true;
                     }
                     match sets {
+                        Some(sets) if !state.whole && state.sets.is_empty() => state.sets = sets,
                         Some(sets) if !state.whole => state.sets.extend(sets),
                         _ => state.whole = true,
                     }

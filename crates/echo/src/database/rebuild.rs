@@ -113,11 +113,10 @@ impl Database {
             if let Some(TouchState {
                 old: OldEntries::Entries(old),
                 ..
-            }) = touched.states.remove(id)
+            }) = touched.take(id)
             {
                 self.indexes.update(*id, &old, &IndexEntries::default());
             }
-            touched.order.retain(|o| o != id);
             if before.contains_key(id) {
                 vanished.push(*id);
             }

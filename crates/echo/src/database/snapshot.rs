@@ -8,9 +8,10 @@ use echodb_halo::{PublicKey, Seq};
 use echodb_proto::db as db_pb;
 use echodb_proto::epoch as pb;
 
-use crate::database::record::{IndexEntries, Lww, ObjectRecord, encode_doc};
+use crate::database::record::{Lww, ObjectRecord, encode_doc};
 use crate::database::{Config, Database, Stamp, canonical_document};
 use crate::id::ObjectId;
+use crate::index::Indexes;
 use crate::value::compact::CompactValue;
 
 fn stamp_from(proto: Option<&db_pb::Stamp>, what: &str) -> Result<Stamp, String> {
@@ -91,19 +92,19 @@ impl Database {
         objects: &[pb::SnapshotObject],
     ) -> Result<Self, String> {
         let mut db = Self::with_config(writer, config);
-        let mut last: Option<ObjectId> = None;
+        let mut records = Vec::with_capacity(objects.len());
         for o in objects {
             let (id, record) = record_from(o)?;
-            if last.is_some_and(|l| l >= id) {
+            if records.last().is_some_and(|(l, _)| *l >= id) {
                 return Err(format!(
                     "objects are not in strictly increasing id order at {id}"
                 ));
             }
-            last = Some(id);
-            let entries = db.indexes.entries(&record);
-            db.indexes.update(id, &IndexEntries::default(), &entries);
-            db.objects.insert(id, record);
+            records.push((id, record));
         }
+        // In id order already: the tree and the indexes are built in bulk, not by inserts.
+        db.objects = records.into_iter().collect();
+        db.indexes = Indexes::build(db.config.index_policy.clone(), db.objects.iter());
         Ok(db)
     }
 

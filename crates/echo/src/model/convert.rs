@@ -61,7 +61,8 @@ pub(crate) fn any_to_value(any: &Any) -> Value {
         Any::Bool(b) => Value::Bool(*b),
         Any::Number(yrs::any::Number::Int(i)) => Value::Int(*i),
         Any::Number(yrs::any::Number::Float(f)) => Value::Float(*f),
-        Any::String(s) => Value::String(s.to_string()),
+        // `to_owned`, not `to_string`: the latter goes through the formatting machinery.
+        Any::String(s) => Value::String(s.as_ref().to_owned()),
         Any::Buffer(b) => Value::Bytes(b.to_vec()),
         Any::Array(items) => match items.as_ref() {
             [Any::String(tag), Any::Buffer(bytes)] if tag.as_ref() == TAG_REF => {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::id::{OBJECT_ID_LEN, ObjectId};
-use crate::value::Value;
+use crate::value::{ScalarKey, Value};
 
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
@@ -34,7 +34,9 @@ impl Default for CompactValue {
 impl CompactValue {
     /// The compact form of `value`.
     pub(crate) fn encode(value: &Value) -> Self {
-        let mut out = Vec::with_capacity(32);
+        // Sized exactly first: a guessed capacity would mean a second allocation to grow, or
+        // to shrink into the box.
+        let mut out = Vec::with_capacity(encoded_len(value));
         write(&mut out, value);
         Self(out.into_boxed_slice())
     }
@@ -121,6 +123,64 @@ impl CompactValue {
         }
         Some(Self(out.into_boxed_slice()))
     }
+}
+
+impl CompactValue {
+    /// Calls `f` with each top-level field of a map whose value is a scalar, with its index
+    /// key, in key order: what `Value::scalar_key` gives for each field of the decoded map,
+    /// without decoding the rest.
+    pub(crate) fn for_each_scalar_field(&self, mut f: impl FnMut(&str, ScalarKey)) {
+        let _ = for_each_entry(&self.0, |key, raw| {
+            if matches!(raw.first(), Some(&LIST | &MAP)) {
+                return;
+            }
+            let mut at = 0;
+            let key_of = match read(raw, &mut at) {
+                Some(Value::String(s)) => Some(ScalarKey::String(s)),
+                Some(Value::Bytes(b)) => Some(ScalarKey::Bytes(b)),
+                Some(value) => value.scalar_key(),
+                None => None,
+            };
+            if let (Ok(name), Some(key)) = (std::str::from_utf8(key), key_of) {
+                f(name, key);
+            }
+        });
+    }
+
+    /// Every object the value refers to, anywhere inside it, in stored order (what
+    /// `Value::collect_refs` gives for the decoded value).
+    pub(crate) fn collect_refs(&self, out: &mut Vec<ObjectId>) {
+        let mut at = 0;
+        let _ = refs_in(&self.0, &mut at, out);
+    }
+}
+
+/// Moves past one encoded value like [`skip`], collecting the references inside it.
+fn refs_in(bytes: &[u8], at: &mut usize, out: &mut Vec<ObjectId>) -> Option<()> {
+    let tag = *bytes.get(*at)?;
+    match tag {
+        LIST => {
+            *at += 1;
+            let len = read_len(bytes, at)?;
+            for _ in 0..len {
+                refs_in(bytes, at, out)?;
+            }
+        }
+        MAP => {
+            *at += 1;
+            let len = read_len(bytes, at)?;
+            for _ in 0..len {
+                read_bytes(bytes, at)?;
+                refs_in(bytes, at, out)?;
+            }
+        }
+        REF => {
+            *at += 1;
+            out.push(ObjectId::from_slice(read_slice(bytes, at, OBJECT_ID_LEN)?).ok()?);
+        }
+        _ => skip(bytes, at)?,
+    }
+    Some(())
 }
 
 /// Calls `f` with each entry of a top-level map as (key bytes, encoded value), in stored (key)
@@ -229,6 +289,35 @@ fn write_len(out: &mut Vec<u8>, mut n: u64) {
 fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     write_len(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
+}
+
+/// Bytes `write_len` writes for `n`.
+fn len_len(n: u64) -> usize {
+    // One byte per started group of seven bits, and one for zero.
+    (64 - n.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
+/// Bytes `write` writes for `value`.
+fn encoded_len(value: &Value) -> usize {
+    let bytes = |b: &[u8]| len_len(b.len() as u64) + b.len();
+    1 + match value {
+        Value::Null | Value::Bool(_) => 0,
+        Value::Int(i) => len_len(((i << 1) ^ (i >> 63)) as u64),
+        Value::Float(_) => 8,
+        Value::String(s) => bytes(s.as_bytes()),
+        Value::Bytes(b) => bytes(b),
+        Value::List(items) => {
+            len_len(items.len() as u64) + items.iter().map(encoded_len).sum::<usize>()
+        }
+        Value::Map(map) => {
+            len_len(map.len() as u64)
+                + map
+                    .iter()
+                    .map(|(k, v)| bytes(k.as_bytes()) + encoded_len(v))
+                    .sum::<usize>()
+        }
+        Value::Ref(_) => OBJECT_ID_LEN,
+    }
 }
 
 fn write(out: &mut Vec<u8>, value: &Value) {
@@ -391,6 +480,17 @@ mod tests {
             ),
         ]));
         assert_eq!(CompactValue::encode(&value).decode(), value);
+        for v in [
+            &value,
+            &Value::Int(0),
+            &Value::Int(63),
+            &Value::Int(64),
+            &Value::Int(-65),
+        ] {
+            let mut out = Vec::new();
+            write(&mut out, v);
+            assert_eq!(encoded_len(v), out.len(), "{v:?}");
+        }
         let nan = CompactValue::encode(&Value::Float(f64::NAN)).decode();
         assert!(matches!(nan, Value::Float(f) if f.is_nan()));
     }
@@ -431,6 +531,47 @@ mod tests {
         assert_eq!(expected.field("b"), None);
         assert_eq!(expected.field("d").map(|v| v.kind()), Some("list"));
         assert_eq!(CompactValue::default().with_fields(&sorted), None);
+    }
+
+    #[test]
+    fn scalar_fields_and_refs_match_the_decoded_value() {
+        let (a, b) = (
+            ObjectId::from_bytes([1; OBJECT_ID_LEN]),
+            ObjectId::from_bytes([2; OBJECT_ID_LEN]),
+        );
+        let value = Value::Map(BTreeMap::from([
+            ("s".to_owned(), Value::String("x".to_owned())),
+            ("r".to_owned(), Value::Ref(b)),
+            ("n".to_owned(), Value::Null),
+            ("f".to_owned(), Value::Float(2.5)),
+            ("y".to_owned(), Value::Bytes(vec![1])),
+            (
+                "l".to_owned(),
+                Value::List(vec![Value::Ref(a), Value::Map(BTreeMap::new())]),
+            ),
+            (
+                "m".to_owned(),
+                Value::Map(BTreeMap::from([("in".to_owned(), Value::Ref(a))])),
+            ),
+        ]));
+        let compact = CompactValue::encode(&value);
+        let mut fields = Vec::new();
+        compact.for_each_scalar_field(|name, key| fields.push((name.to_owned(), key)));
+        let Value::Map(map) = &value else {
+            unreachable!()
+        };
+        let expected: Vec<(String, ScalarKey)> = map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.scalar_key()?)))
+            .collect();
+        assert_eq!(fields, expected);
+        let (mut refs, mut expected) = (Vec::new(), Vec::new());
+        compact.collect_refs(&mut refs);
+        value.collect_refs(&mut expected);
+        assert_eq!(refs, expected);
+        let mut none = Vec::new();
+        CompactValue::encode(&Value::Ref(a)).collect_refs(&mut none);
+        assert_eq!(none, vec![a]);
     }
 
     #[test]
