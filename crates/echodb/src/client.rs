@@ -301,23 +301,14 @@ impl Client {
     /// Opens a space this vault holds (replaying its feeds the first time; later calls return
     /// the same handle).
     pub fn space(&self, key: PublicKey) -> Result<Space, SpaceError> {
-        if let Some(space) = self.cache().get(&key) {
-            return Ok(space.clone());
-        }
-        if !self.space_keys()?.contains(&key) {
+        let halo = self.identity.as_ref().map(|i| i.info.halo_space);
+        let cached = self.cache().contains_key(&key);
+        if Some(key) == halo || (!cached && !self.space_keys()?.contains(&key)) {
             return Err(SpaceError::NotFound {
                 space: key.to_string(),
             });
         }
-        let inner =
-            echodb_echo::Space::open(self.store.clone(), &self.keyring, key).map_err(|source| {
-                SpaceError::Open {
-                    space: key,
-                    source: Box::new(source),
-                }
-            })?;
-        let space = Space::new(inner);
-        Ok(self.cache().entry(key).or_insert(space).clone())
+        self.open_any_space(key)
     }
 
     /// Opens a space of the vault, the identity's HALO space included.
