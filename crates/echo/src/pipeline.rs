@@ -665,21 +665,7 @@ impl Pipeline {
         timeframe: Arc<Timeframe>,
         mutations: &Mutations,
     ) {
-        self.push(
-            LogEntry {
-                position: Position {
-                    feed: origin.feed,
-                    seq: origin.seq,
-                },
-                lamport: origin.lamport,
-                kind: EntryKind::Data {
-                    timeframe,
-                    objects: Some(objects_of(mutations)),
-                    status: DataStatus::Applied,
-                },
-            },
-            mutations.encoded_len(),
-        );
+        self.push_local(origin, timeframe, mutations, DataStatus::Applied);
     }
 
     /// Applies a block this device appended but the database has not applied yet (a committed
@@ -694,6 +680,17 @@ impl Pipeline {
             Ok(_) => DataStatus::Applied,
             Err(e) => DataStatus::Malformed(e.to_string()),
         };
+        self.push_local(origin, timeframe, mutations, status);
+    }
+
+    /// Logs a block of this device's data feed with what became of it.
+    fn push_local(
+        &mut self,
+        origin: BlockOrigin,
+        timeframe: Arc<Timeframe>,
+        mutations: &Mutations,
+        status: DataStatus,
+    ) {
         self.push(
             LogEntry {
                 position: Position {
