@@ -187,6 +187,16 @@ pub enum Assertion {
         /// Its genesis feeds, so a new device can find it.
         genesis_feeds: Vec<PublicKey>,
     },
+    /// (HALO space) The subject device asks to be admitted to `space` with these feeds; a
+    /// device of the identity that holds the space admits them there.
+    DeviceSpaceFeeds {
+        /// The space.
+        space: PublicKey,
+        /// The device's new control feed in it.
+        control_feed: PublicKey,
+        /// The device's new data feed in it.
+        data_feed: PublicKey,
+    },
 }
 
 impl Assertion {
@@ -202,6 +212,7 @@ impl Assertion {
             Assertion::MemberProfile { .. } => CredentialKind::MemberProfile,
             Assertion::Epoch(_) => CredentialKind::Epoch,
             Assertion::SpaceRecord { .. } => CredentialKind::SpaceRecord,
+            Assertion::DeviceSpaceFeeds { .. } => CredentialKind::DeviceSpaceFeeds,
         }
     }
 }
@@ -227,6 +238,8 @@ pub enum CredentialKind {
     Epoch,
     /// [`Assertion::SpaceRecord`].
     SpaceRecord,
+    /// [`Assertion::DeviceSpaceFeeds`].
+    DeviceSpaceFeeds,
 }
 
 /// The unsigned part of a credential: `issuer` asserts `assertion` about `subject` in `space`.
@@ -815,6 +828,11 @@ fn assertion_from_proto(a: &PbAssertion) -> Result<Assertion, DecodeError> {
                     .collect::<Result<_, _>>()?,
             }
         }
+        PbAssertion::DeviceSpaceFeeds(r) => Assertion::DeviceSpaceFeeds {
+            space: key(&r.space_key, "device_space_feeds.space_key")?,
+            control_feed: key(&r.control_feed, "device_space_feeds.control_feed")?,
+            data_feed: key(&r.data_feed, "device_space_feeds.data_feed")?,
+        },
     })
 }
 
@@ -878,6 +896,15 @@ fn assertion_to_proto(a: &Assertion) -> PbAssertion {
         } => PbAssertion::SpaceRecord(pb::SpaceRecord {
             space_key: key_bytes(space),
             genesis_feeds: genesis_feeds.iter().map(key_bytes).collect(),
+        }),
+        Assertion::DeviceSpaceFeeds {
+            space,
+            control_feed,
+            data_feed,
+        } => PbAssertion::DeviceSpaceFeeds(pb::DeviceSpaceFeeds {
+            space_key: key_bytes(space),
+            control_feed: key_bytes(control_feed),
+            data_feed: key_bytes(data_feed),
         }),
     }
 }

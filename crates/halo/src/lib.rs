@@ -60,7 +60,7 @@ pub use identity::{CreatedIdentity, DeviceSigner, Identity, Profiles};
 pub use keyring::{Keyring, KeyringError};
 pub use keys::{KeyError, KeyPair, PublicKey, Signature, SignatureError, Signer};
 pub use space::{
-    BlockKind, ControlBlock, Decision, DeliveryError, DeviceInfo, EpochInfo, FeedInfo, MemberInfo,
-    Position, Refusal, Rejection, Removal, SpaceStateMachine, SpaceSummary,
+    BlockKind, ControlBlock, Decision, DeliveryError, DeviceInfo, DeviceSpaceFeeds, EpochInfo,
+    FeedInfo, MemberInfo, Position, Refusal, Rejection, Removal, SpaceStateMachine, SpaceSummary,
 };
 pub use timeframe::{Seq, Timeframe};

@@ -38,7 +38,7 @@ use crate::timeframe::{Seq, Timeframe};
 
 pub use rules::{BlockKind, Refusal};
 use view::{Applied, View};
-pub use view::{DeviceInfo, EpochInfo, FeedInfo, MemberInfo, Removal};
+pub use view::{DeviceInfo, DeviceSpaceFeeds, EpochInfo, FeedInfo, MemberInfo, Removal};
 
 /// A block position: feed and sequence number.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -541,6 +541,21 @@ impl SpaceStateMachine {
             .space_records
             .iter()
             .map(|(s, f)| (*s, f.clone()))
+            .collect()
+    }
+
+    /// (HALO space) The requests of the identity's devices to be admitted to its spaces:
+    /// `(device, space, control feed, data feed)`, in (device, space) order.
+    pub fn device_space_feeds(&self) -> Vec<DeviceSpaceFeeds> {
+        self.view
+            .device_space_feeds
+            .iter()
+            .map(|((device, space), (control, data))| DeviceSpaceFeeds {
+                device: *device,
+                space: *space,
+                control_feed: *control,
+                data_feed: *data,
+            })
             .collect()
     }
 

@@ -287,8 +287,10 @@ fn role_may_write(role: Role, kind: BlockKind) -> bool {
             CredentialKind::AuthorizedDevice | CredentialKind::DeviceRevoked => {
                 role >= Role::Editor
             }
+            // Any member may admit the feeds of its own new devices (the assertion's rule
+            // keeps others' feeds to admins).
+            CredentialKind::AdmittedFeed | CredentialKind::DeviceSpaceFeeds => true,
             CredentialKind::SpaceMember
-            | CredentialKind::AdmittedFeed
             | CredentialKind::MemberRemoved
             | CredentialKind::Epoch
             | CredentialKind::SpaceRecord => role >= Role::Admin,
@@ -453,7 +455,9 @@ pub(crate) fn validate(
         Assertion::AdmittedFeed {
             identity, device, ..
         } => {
-            if !is_admin {
+            // Admins admit anyone's feeds; a member admits those of its own devices (how a
+            // device added to an identity joins the identity's spaces).
+            if !is_admin && *identity != claim.issuer {
                 return Err(not_authorized(issuer_role));
             }
             if view.role(identity).is_none() {
@@ -558,6 +562,31 @@ pub(crate) fn validate(
         }
         Assertion::SpaceRecord { .. } => {
             if claim.subject != claim.issuer || !is_admin {
+                return Err(not_authorized(issuer_role));
+            }
+        }
+        Assertion::DeviceSpaceFeeds {
+            control_feed,
+            data_feed,
+            ..
+        } => {
+            // The subject is one of the issuer's devices, not revoked.
+            match view.devices.get(&claim.subject) {
+                Some(state) if state.identity == claim.issuer => {
+                    if state.revoked.is_some() {
+                        return Err(Refusal::DeviceRevoked {
+                            device: claim.subject,
+                        });
+                    }
+                }
+                _ => {
+                    return Err(Refusal::UnknownDevice {
+                        device: claim.subject,
+                        identity: claim.issuer,
+                    });
+                }
+            }
+            if control_feed == data_feed {
                 return Err(not_authorized(issuer_role));
             }
         }

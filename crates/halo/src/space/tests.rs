@@ -734,3 +734,88 @@ fn an_identity_is_created_with_its_halo_space_and_first_device() {
     assert_eq!(profile.verify().map(|d| d.signer), Ok(second.device_key()));
     assert_eq!(identity.device().identity(), identity.public_key());
 }
+
+#[test]
+fn a_member_admits_its_own_new_device_but_not_someone_elses() {
+    let mut w = team();
+    let editor = dev(2, 0);
+    let reader = dev(3, 0);
+    // The editor's second device: admitted by the editor's first device, no admin needed.
+    let own = w.admit_feeds(editor, dev(2, 1));
+    let machine = w.full_replica();
+    for at in &own {
+        assert!(
+            decision(&machine, *at).is_ok(),
+            "{:?}",
+            decision(&machine, *at)
+        );
+    }
+    assert!(
+        machine
+            .devices_of(&w.identity(2))
+            .iter()
+            .any(|d| d.device == w.devs[dev(2, 1)].key())
+    );
+    // The new device writes data as the editor.
+    w.sync_all();
+    let write = w.write_data(dev(2, 1));
+    assert!(w.check(&w.full_replica(), write).is_ok());
+    // A reader admits its own device too, but the reader's device writing data is still refused.
+    let readers = w.admit_feeds(reader, dev(3, 1));
+    let machine = w.full_replica();
+    assert!(decision(&machine, readers[0]).is_ok());
+    // The editor admitting another member's device is refused.
+    w.sync_all();
+    let other = w.admit_feeds(editor, dev(1, 1));
+    let machine = w.full_replica();
+    assert!(matches!(
+        decision(&machine, other[0]),
+        Err(Refusal::NotAuthorized {
+            kind: CredentialKind::AdmittedFeed,
+            ..
+        })
+    ));
+    assert!(
+        machine
+            .feed_info(&w.devs[dev(1, 1)].feeds.control)
+            .is_none()
+    );
+}
+
+#[test]
+fn a_device_space_request_names_a_device_of_the_issuer() {
+    let mut w = team();
+    let owner_second = w.devs[dev(OWNER, 1)].key();
+    let request = |_subject: PublicKey| Assertion::DeviceSpaceFeeds {
+        space: KeyPair::from_seed([42; 32]).public_key(),
+        control_feed: KeyPair::from_seed([43; 32]).public_key(),
+        data_feed: KeyPair::from_seed([44; 32]).public_key(),
+    };
+    // Unknown to this space: refused.
+    let unknown = w.issue(OWNER, owner_second, request(owner_second));
+    let at = w.write(OWNER, &unknown);
+    let machine = w.full_replica();
+    assert!(matches!(
+        decision(&machine, at),
+        Err(Refusal::UnknownDevice { .. })
+    ));
+    // Once authorized, the request is kept.
+    w.authorize(OWNER, dev(OWNER, 1));
+    let known = w.issue(OWNER, owner_second, request(owner_second));
+    let at = w.write(OWNER, &known);
+    let machine = w.full_replica();
+    assert!(
+        decision(&machine, at).is_ok(),
+        "{:?}",
+        decision(&machine, at)
+    );
+    let kept = machine.device_space_feeds();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].device, owner_second);
+    // Another identity's device: refused.
+    let foreign = w.devs[dev(2, 0)].key();
+    let at = w.write(OWNER, &w.issue(OWNER, foreign, request(foreign)));
+    let machine = w.full_replica();
+    assert!(decision(&machine, at).is_err());
+    assert_eq!(machine.device_space_feeds().len(), 1);
+}

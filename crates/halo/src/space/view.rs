@@ -64,6 +64,19 @@ pub struct Removal {
     pub credential: CredentialId,
 }
 
+/// (HALO space) A device's request to be admitted to one of the identity's spaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpaceFeeds {
+    /// The device (one the identity authorized).
+    pub device: PublicKey,
+    /// The space it asks to write in.
+    pub space: PublicKey,
+    /// Its new control feed there.
+    pub control_feed: PublicKey,
+    /// Its new data feed there.
+    pub data_feed: PublicKey,
+}
+
 /// An epoch of the space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochInfo {
@@ -120,6 +133,8 @@ pub(crate) struct View {
     pub(crate) epochs: Vec<EpochInfo>,
     pub(crate) profiles: BTreeMap<PublicKey, String>,
     pub(crate) space_records: BTreeMap<PublicKey, Vec<PublicKey>>,
+    /// (HALO space) Per device, the spaces it asked to be admitted to, with its feeds there.
+    pub(crate) device_space_feeds: BTreeMap<(PublicKey, PublicKey), (PublicKey, PublicKey)>,
 }
 
 impl View {
@@ -224,6 +239,16 @@ impl View {
                 genesis_feeds,
             } => {
                 self.space_records.insert(*space, genesis_feeds.clone());
+            }
+            Assertion::DeviceSpaceFeeds {
+                space,
+                control_feed,
+                data_feed,
+            } => {
+                // The first request of a device for a space counts.
+                self.device_space_feeds
+                    .entry((a.subject, *space))
+                    .or_insert((*control_feed, *data_feed));
             }
         }
     }

@@ -23,7 +23,7 @@ pub struct Credential {
     pub proof: ::core::option::Option<Proof>,
     #[prost(
         oneof = "credential::Assertion",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub assertion: ::core::option::Option<credential::Assertion>,
 }
@@ -49,6 +49,8 @@ pub mod credential {
         SpaceRecord(super::SpaceRecord),
         #[prost(message, tag = "18")]
         DeviceRevoked(super::DeviceRevoked),
+        #[prost(message, tag = "19")]
+        DeviceSpaceFeeds(super::DeviceSpaceFeeds),
     }
 }
 /// How a credential is signed.
@@ -151,6 +153,19 @@ pub struct SpaceRecord {
     pub space_key: ::prost::bytes::Bytes,
     #[prost(bytes = "bytes", repeated, tag = "2")]
     pub genesis_feeds: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+}
+/// Kept in an identity's HALO space: the subject device (one the identity authorized) asks to be
+/// admitted to the space `space_key` with these new feeds. Any device of the identity that holds
+/// that space writes the two `AdmittedFeed` credentials there, so a device added to the identity
+/// joins every space of it without another invitation.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceSpaceFeeds {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub space_key: ::prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub control_feed: ::prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data_feed: ::prost::bytes::Bytes,
 }
 /// Roles, strongest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
