@@ -13,8 +13,8 @@ use crate::args::Field;
 use crate::jobs::{self, Job, LocalInput};
 use crate::output::Out;
 use crate::{
-    Cli, Command, EpochCommand, IdentityCommand, ObjectCommand, QueryArgs, SpaceCommand,
-    TextCommand,
+    Cli, Command, DeviceCommand, EpochCommand, IdentityCommand, ObjectCommand, QueryArgs,
+    SpaceCommand, TextCommand,
 };
 
 /// How often a job is stepped.
@@ -143,6 +143,28 @@ pub fn start(command: Command, ctx: &mut Ctx, out: &mut Out) -> Result<Option<Bo
                 );
             };
             out.identity(info)?;
+        }
+        Command::Device(DeviceCommand::Invite { auth, expires }) => {
+            return Ok(Some(jobs::Invite::start_device(ctx, out, auth, expires)?));
+        }
+        Command::Device(DeviceCommand::Join {
+            code,
+            auth_code,
+            timeout,
+        }) => {
+            return Ok(Some(jobs::DeviceJoin::start(
+                ctx,
+                out,
+                &code,
+                auth_code,
+                Duration::from_secs(timeout),
+            )?));
+        }
+        Command::Device(DeviceCommand::List) => {
+            let this = client.identity().map(|i| i.device);
+            for device in client.devices()? {
+                out.device(&device, this == Some(device.device))?;
+            }
         }
         Command::Space(SpaceCommand::Create { name }) => {
             let space = client.create_space(name.as_deref())?;

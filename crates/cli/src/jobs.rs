@@ -20,6 +20,8 @@ use crate::{AuthArg, RoleArg};
 const WATCH_CAPACITY: usize = 4096;
 /// How long `space invite` waits for the guest's first sync after it joined.
 const GUEST_SYNC: Duration = Duration::from_secs(30);
+/// How long `device invite` waits for the new device to catch up with every space.
+const DEVICE_SYNC: Duration = Duration::from_secs(60);
 /// How often progress is noted on a terminal.
 const PROGRESS: Duration = Duration::from_secs(2);
 
@@ -201,6 +203,8 @@ fn stdout_closed() -> bool {
 pub struct Invite {
     hosted: Hosted,
     multi_use: bool,
+    /// A device invitation: done once the new device caught up with every space.
+    device: bool,
     /// After a guest joined: its device, and until when its first sync is awaited.
     joined: Option<(PublicKey, Instant)>,
 }
@@ -245,6 +249,43 @@ impl Invite {
         Ok(Box::new(Self {
             hosted,
             multi_use,
+            device: false,
+            joined: None,
+        }))
+    }
+
+    /// `echodb device invite`: creates a device invitation and prints its code.
+    pub fn start_device(
+        ctx: &mut Ctx,
+        out: &mut Out,
+        auth: AuthArg,
+        expires: u64,
+    ) -> Result<Box<dyn Job>> {
+        let options = InviteOptions {
+            auth_code: auth == AuthArg::Code,
+            multi_use: false,
+            expires: Some(Duration::from_secs(expires)),
+            ..InviteOptions::default()
+        };
+        let (net, client) = ctx.online_with_client()?;
+        let hosted = net.invite_device(client, &options)?;
+        out.event(
+            json!({ "event": "invitation", "code": hosted.code(), "halo_space": hosted.space().to_string() }),
+            &hosted.code(),
+        )?;
+        out.note(&format!(
+            "on the new device, with a new vault: `echodb device join {}`{}",
+            hosted.code(),
+            if options.auth_code {
+                "; the auth code appears here when it connects"
+            } else {
+                ""
+            }
+        ));
+        Ok(Box::new(Self {
+            hosted,
+            multi_use: false,
+            device: true,
             joined: None,
         }))
     }
@@ -275,7 +316,11 @@ impl Job for Invite {
                         json!({ "event": "joined", "identity_key": identity.to_string(), "device": device.to_string() }),
                         &format!("joined: {identity}"),
                     )?;
-                    self.joined = Some((device, Instant::now() + GUEST_SYNC));
+                    let wait = if self.device { DEVICE_SYNC } else { GUEST_SYNC };
+                    self.joined = Some((device, Instant::now() + wait));
+                    if self.device {
+                        out.note("the device joined; waiting for it to join every space…");
+                    }
                 }
                 HostEvent::Failed { error, active } => {
                     if active {
@@ -289,9 +334,12 @@ impl Job for Invite {
             }
         }
         if let Some((device, until)) = self.joined {
-            let in_sync = net
-                .sync_status(&ctx.client, self.hosted.space())?
-                .in_sync_with(&device);
+            let in_sync = if self.device {
+                net.device_caught_up(&ctx.client, &device)?
+            } else {
+                net.sync_status(&ctx.client, self.hosted.space())?
+                    .in_sync_with(&device)
+            };
             if in_sync || Instant::now() >= until {
                 if !in_sync {
                     out.note("the guest joined but has not finished its first sync; it continues with any member online");
@@ -384,6 +432,11 @@ impl Job for Join {
                 JoinEvent::Joined(space) => {
                     out.note(&format!("admitted to space {}; syncing…", space.key()));
                     self.joined = Some(space);
+                }
+                JoinEvent::DeviceJoined { identity, .. } => {
+                    bail!(
+                        "the code is a device invitation (identity {identity}); use `echodb device join`"
+                    )
                 }
                 JoinEvent::Failed { error } => bail!("{error}"),
             }
@@ -521,6 +574,170 @@ impl Job for Sync {
             self.progress = Instant::now() + PROGRESS;
             out.note(&format!(
                 "syncing: {peers} session(s), {blocks} blocks held"
+            ));
+        }
+        Ok(false)
+    }
+}
+
+// ---- device join ----
+
+/// `echodb device join`: becomes a device of the identity, then waits until it holds every
+/// space of the identity.
+pub struct DeviceJoin {
+    joining: Joining,
+    auth_code: Option<String>,
+    waiting_answer: bool,
+    identity: Option<PublicKey>,
+    finish_at: Option<Instant>,
+    deadline: Instant,
+    progress: Instant,
+}
+
+impl DeviceJoin {
+    /// Makes this vault's device key and reaches the inviting device.
+    pub fn start(
+        ctx: &mut Ctx,
+        out: &mut Out,
+        code: &str,
+        auth_code: Option<String>,
+        timeout: Duration,
+    ) -> Result<Box<dyn Job>> {
+        if let Some(info) = ctx.client.identity() {
+            bail!(
+                "vault {} already belongs to identity {}; a new device needs a new vault (--vault DIR)",
+                ctx.client.vault().display(),
+                info.identity
+            );
+        }
+        let device = ctx.client.prepare_device()?;
+        let (net, client) = ctx.online_with_client()?;
+        let joining = net.join_device(client, code, timeout)?;
+        out.note(&format!(
+            "this device is {device}; reaching the other device…"
+        ));
+        Ok(Box::new(Self {
+            joining,
+            auth_code,
+            waiting_answer: false,
+            identity: None,
+            finish_at: None,
+            deadline: Instant::now() + timeout,
+            progress: Instant::now() + PROGRESS,
+        }))
+    }
+}
+
+impl Job for DeviceJoin {
+    fn step(&mut self, ctx: &mut Ctx, out: &mut Out, input: &mut dyn Input) -> Result<bool> {
+        let Some(net) = ctx.net.as_mut() else {
+            bail!("the network stopped");
+        };
+        if self.waiting_answer
+            && let Some(answer) = input.take()
+        {
+            self.waiting_answer = false;
+            net.answer(&self.joining, &answer)?;
+        }
+        for event in net.poll_join(&ctx.client, &mut self.joining)? {
+            match event {
+                JoinEvent::Connected => out.note("connected to the other device"),
+                JoinEvent::AuthRequired { .. } => match self.auth_code.take() {
+                    Some(code) => net.answer(&self.joining, &code)?,
+                    None => {
+                        self.waiting_answer = true;
+                        input.prompt(out, "auth code (the other device shows it):")?;
+                    }
+                },
+                JoinEvent::AuthFailed { attempts_left } => {
+                    self.waiting_answer = true;
+                    input.prompt(
+                        out,
+                        &format!(
+                            "wrong auth code; {attempts_left} attempt{} left. auth code:",
+                            if attempts_left == 1 { "" } else { "s" }
+                        ),
+                    )?;
+                }
+                JoinEvent::DeviceJoined { identity, .. } => {
+                    out.note(&format!(
+                        "this vault is now a device of identity {identity}; joining its spaces…"
+                    ));
+                    self.identity = Some(identity);
+                }
+                JoinEvent::Joined(space) => bail!(
+                    "joined space {} as if by a space invitation; a device invitation was expected",
+                    space.key()
+                ),
+                JoinEvent::Failed { error } => bail!("{error}"),
+            }
+        }
+        let Some(identity) = self.identity else {
+            if !self.waiting_answer && Instant::now() >= self.deadline {
+                bail!(
+                    "the device invitation did not complete within the timeout; check that `echodb device invite` still runs on the other device and that both use the same --signal"
+                );
+            }
+            return Ok(false);
+        };
+        let progress = net.device_progress(&ctx.client)?;
+        if progress.is_complete() && self.finish_at.is_none() {
+            self.finish_at = Some(Instant::now() + GUEST_LINGER);
+        }
+        if self.finish_at.is_some_and(|at| Instant::now() >= at) {
+            let device = ctx.client.identity().map(|i| i.device.to_string());
+            let spaces: Vec<String> = progress
+                .spaces
+                .iter()
+                .map(|s| s.space.to_string())
+                .collect();
+            out.event(
+                json!({ "event": "joined", "identity_key": identity.to_string(), "device": device, "spaces": spaces }),
+                &format!(
+                    "device of {identity}; {} space{} in sync",
+                    spaces.len(),
+                    if spaces.len() == 1 { "" } else { "s" }
+                ),
+            )?;
+            return Ok(true);
+        }
+        if Instant::now() >= self.deadline {
+            let behind: Vec<String> = progress
+                .spaces
+                .iter()
+                .filter(|s| !(s.admitted && s.synced))
+                .map(|s| {
+                    format!(
+                        "{} ({})",
+                        s.space.short(),
+                        if s.admitted {
+                            "not in sync"
+                        } else {
+                            "not admitted yet"
+                        }
+                    )
+                })
+                .collect();
+            bail!(
+                "joined identity {identity} but not every space caught up within the timeout: {}{}; keep an agent (or `echodb device invite`) running on another device of the identity and run `echodb sync`",
+                if progress.halo_synced {
+                    ""
+                } else {
+                    "HALO space not in sync; "
+                },
+                behind.join(", ")
+            );
+        }
+        if out.is_local() && Instant::now() >= self.progress {
+            self.progress = Instant::now() + PROGRESS;
+            let done = progress
+                .spaces
+                .iter()
+                .filter(|s| s.admitted && s.synced)
+                .count();
+            out.note(&format!(
+                "{done}/{} spaces caught up…",
+                progress.spaces.len()
             ));
         }
         Ok(false)

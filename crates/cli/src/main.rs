@@ -71,6 +71,9 @@ pub(crate) enum Command {
     /// The vault's identity.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// The identity's devices: add one (invite, join), list them.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Spaces: create, list, members.
     #[command(subcommand)]
     Space(SpaceCommand),
@@ -140,6 +143,35 @@ pub(crate) enum IdentityCommand {
     },
     /// Show the vault's identity.
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeviceCommand {
+    /// Add a device to this identity: prints an invite code at once, the auth code when the
+    /// new device connects, and exits once it has joined and caught up with every space.
+    Invite {
+        /// How the new device proves it is the intended one: a 6-digit code shown here and
+        /// typed there, or nothing beyond holding the invite code.
+        #[arg(long, value_enum, default_value_t = AuthArg::Code)]
+        auth: AuthArg,
+        /// The code stops working after this many seconds.
+        #[arg(long, default_value_t = 3_600, value_name = "SECS")]
+        expires: u64,
+    },
+    /// Make this new, empty vault a device of an identity, with a code from `echodb device
+    /// invite` on one of its devices; exits once it holds every space of the identity.
+    Join {
+        /// The invite code.
+        code: String,
+        /// The 6-digit auth code the other device shows [default: asked on stdin].
+        #[arg(long, value_name = "CODE")]
+        auth_code: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// List the identity's devices.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

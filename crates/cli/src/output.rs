@@ -162,6 +162,34 @@ impl Out {
         )
     }
 
+    /// One of the identity's devices.
+    pub fn device(&mut self, info: &echodb::DeviceInfo, this: bool) -> anyhow::Result<()> {
+        self.emit(
+            json!({
+                "device": info.device.to_string(),
+                "name": info.display_name,
+                "revoked": info.revoked.is_some(),
+                "this_device": this,
+            }),
+            || {
+                format!(
+                    "{}{}{}{}",
+                    info.device,
+                    info.display_name
+                        .as_deref()
+                        .map(|n| format!("  {n}"))
+                        .unwrap_or_default(),
+                    if this { "  (this device)" } else { "" },
+                    if info.revoked.is_some() {
+                        "  revoked"
+                    } else {
+                        ""
+                    }
+                )
+            },
+        )
+    }
+
     /// A new space: its key alone for people, so that `$(echodb space create)` is the key.
     pub fn created_space(&mut self, key: PublicKey, name: Option<&str>) -> anyhow::Result<()> {
         self.emit(json!({ "space": key.to_string(), "name": name }), || {

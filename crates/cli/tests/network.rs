@@ -591,3 +591,109 @@ fn the_agent_runs_the_epoch_policy() -> TestResult {
     assert_eq!(net.tasks("alice", &space)?.len(), 4);
     Ok(())
 }
+
+#[test]
+fn a_new_device_joins_its_identity_and_every_space_and_writes_in_them() -> TestResult {
+    let net = Net::start()?;
+    let alice = net.identity("alice")?;
+    net.identity("bob")?;
+    let key = |lines: Vec<Value>| -> Result<String, Box<dyn std::error::Error>> {
+        Ok(lines[0]["space"].as_str().ok_or("no space key")?.to_owned())
+    };
+    // Alice owns one space; in bob's she is an editor, so her devices' feeds there are
+    // admitted by her own device, not by an admin.
+    let own = key(net.ok("alice", &["space", "create", "--name", "own"])?)?;
+    net.ok(
+        "alice",
+        &["object", "add", &own, "--type", "task", "title=mine"],
+    )?;
+    let shared = key(net.ok("bob", &["space", "create", "--name", "shared"])?)?;
+    net.ok(
+        "bob",
+        &["object", "add", &shared, "--type", "task", "title=bob's"],
+    )?;
+    let _alice_agent = net.agent("alice")?;
+    let _bob_agent = net.agent("bob")?;
+    net.invite("bob", "alice", &shared)?;
+
+    // The device invitation goes through alice's agent; the auth code is typed on the laptop.
+    let mut invite = net.spawn("alice", &["device", "invite"], false)?;
+    let code = invite.next_json()?;
+    assert_eq!(code["event"], "invitation", "{code}");
+    let code = code["code"].as_str().ok_or("no code")?.to_owned();
+    let mut join = net.spawn("laptop", &["device", "join", &code], true)?;
+    let auth = invite.next_json()?;
+    assert_eq!(auth["event"], "auth_code", "{auth}");
+    join.type_line(auth["code"].as_str().ok_or("no auth code")?)?;
+    let joined = join.next_json()?;
+    assert_eq!(joined["event"], "joined", "{joined}; {}", join.stderr());
+    assert_eq!(joined["identity_key"], alice.as_str());
+    let mut spaces: Vec<&str> = joined["spaces"]
+        .as_array()
+        .ok_or("no spaces")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    spaces.sort_unstable();
+    let mut expected = vec![own.as_str(), shared.as_str()];
+    expected.sort_unstable();
+    assert_eq!(spaces, expected, "the laptop joins every space of alice");
+    let hosted = invite.next_json()?;
+    assert_eq!(hosted["event"], "joined", "{hosted}");
+    let (ok, err) = join.wait()?;
+    assert!(ok, "device join failed: {err}");
+    let (ok, err) = invite.wait()?;
+    assert!(ok, "device invite failed: {err}");
+
+    // The laptop is alice, with a device of its own, and holds both spaces' data.
+    let shown = &net.ok("laptop", &["identity", "show"])?[0];
+    assert_eq!(shown["identity"], alice.as_str());
+    let laptop_device = shown["device"].as_str().ok_or("no device")?.to_owned();
+    let devices = net.ok("alice", &["device", "list"])?;
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["device"] == laptop_device.as_str())
+    );
+    assert_eq!(net.tasks("laptop", &own)?.len(), 1);
+    assert_eq!(net.tasks("laptop", &shared)?.len(), 1);
+
+    // It writes as alice in both spaces; bob and alice's first device get it.
+    let _laptop_agent = net.agent("laptop")?;
+    net.ok(
+        "laptop",
+        &[
+            "object",
+            "add",
+            &shared,
+            "--type",
+            "task",
+            "title=from the laptop",
+        ],
+    )?;
+    net.ok(
+        "laptop",
+        &["object", "add", &own, "--type", "task", "title=also mine"],
+    )?;
+    assert!(
+        eventually(|| Ok(net.tasks("bob", &shared)?.len() == 2))?,
+        "bob did not get the laptop's task"
+    );
+    assert!(
+        eventually(|| Ok(net.tasks("alice", &own)?.len() == 2))?,
+        "alice's first device did not get the laptop's task"
+    );
+    let members = net.ok("bob", &["space", "members", &shared])?;
+    let alice_entry = members
+        .iter()
+        .find(|m| m["identity"] == alice.as_str())
+        .ok_or("alice is not a member of bob's space")?;
+    assert!(
+        alice_entry["devices"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["device"] == laptop_device.as_str())),
+        "bob's space does not list the laptop among alice's devices: {alice_entry}"
+    );
+    Ok(())
+}

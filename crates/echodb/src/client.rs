@@ -1,6 +1,6 @@
 //! The client: one vault on this device, its identity, and its spaces.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{OnceCell, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -26,6 +26,9 @@ pub const STORE_DIR: &str = "store";
 
 /// Key of the identity record in the store's meta column.
 const IDENTITY_RECORD: &[u8] = b"echodb/identity";
+/// Key of the device key made for joining an identity (`echodb device join`), kept until the
+/// identity is adopted so that a retried join presents the same device.
+const PENDING_DEVICE: &[u8] = b"echodb/pending-device";
 
 /// The identity that owns a vault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,15 +60,20 @@ struct IdentityRecord {
     device: String,
     halo_space: String,
     name: Option<String>,
-    /// Hex of the `AuthorizedDevice` credential's canonical bytes.
+    /// Hex of the `AuthorizedDevice` credential's canonical bytes (the chain's last link).
     authorization: String,
+    /// Hex of each `AuthorizedDevice` link from the identity to this device, when there is more
+    /// than one (a device added by another device); empty means `[authorization]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    chain: Vec<String>,
 }
 
 /// The vault's identity, loaded.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadedIdentity {
     pub(crate) info: IdentityInfo,
-    pub(crate) authorization: Credential,
+    /// The delegation from the identity to this device (`AuthorizedDevice` links).
+    pub(crate) chain: Vec<Credential>,
 }
 
 /// An open vault: its store, keyring, identity and spaces. See the crate documentation.
@@ -77,7 +85,9 @@ pub struct Client {
     vault: PathBuf,
     store: Arc<FeedStore>,
     keyring: Keyring,
-    identity: Option<LoadedIdentity>,
+    /// Set once: at creation, or when a device invitation makes this vault a device of an
+    /// existing identity.
+    identity: OnceCell<LoadedIdentity>,
     spaces: RefCell<BTreeMap<PublicKey, Space>>,
 }
 
@@ -120,7 +130,7 @@ impl Client {
             vault,
             store: Arc::new(store),
             keyring,
-            identity,
+            identity: identity.map(OnceCell::from).unwrap_or_default(),
             spaces: RefCell::new(BTreeMap::new()),
         })
     }
@@ -137,13 +147,13 @@ impl Client {
 
     /// The vault's identity, if one was created.
     pub fn identity(&self) -> Option<&IdentityInfo> {
-        self.identity.as_ref().map(|i| &i.info)
+        self.identity.get().map(|i| &i.info)
     }
 
     /// Creates the vault's identity and this device: their keys go to the keyring, the
     /// identity's HALO space (genesis, device authorization, profile) to the store.
     pub fn create_identity(&mut self, name: Option<&str>) -> Result<IdentityInfo, IdentityError> {
-        if let Some(existing) = &self.identity {
+        if let Some(existing) = self.identity.get() {
             return Err(IdentityError::Exists {
                 identity: existing.info.identity,
             });
@@ -188,35 +198,134 @@ impl Client {
             halo_space: identity.halo_space(),
             name: name.map(str::to_owned),
         };
+        self.store_identity(&info, vec![authorization])?;
+        Ok(info)
+    }
+
+    /// Writes the identity record (and forgets a pending device key) in one batch.
+    fn store_identity(
+        &self,
+        info: &IdentityInfo,
+        chain: Vec<Credential>,
+    ) -> Result<(), IdentityError> {
+        let last = chain.last().ok_or_else(|| IdentityError::Halo {
+            reason: "a device needs at least one authorization credential".into(),
+        })?;
         let record = IdentityRecord {
             identity: info.identity.to_string(),
             device: info.device.to_string(),
             halo_space: info.halo_space.to_string(),
             name: info.name.clone(),
-            authorization: hex::encode(authorization.to_bytes()),
+            authorization: hex::encode(last.to_bytes()),
+            chain: if chain.len() > 1 {
+                chain.iter().map(|c| hex::encode(c.to_bytes())).collect()
+            } else {
+                Vec::new()
+            },
         };
         let json = serde_json::to_vec(&record).map_err(|e| IdentityError::Halo {
             reason: e.to_string(),
         })?;
         let mut batch = WriteBatch::new();
         batch.put(Column::Meta, IDENTITY_RECORD.to_vec(), Bytes::from(json));
+        batch.delete(Column::Meta, PENDING_DEVICE.to_vec());
         self.store
             .storage()
             .write(batch, self.store.options().durability)
             .map_err(IdentityError::Storage)?;
-        self.identity = Some(LoadedIdentity {
-            info: info.clone(),
-            authorization,
-        });
+        self.identity
+            .set(LoadedIdentity {
+                info: info.clone(),
+                chain,
+            })
+            .map_err(|existing| IdentityError::Exists {
+                identity: existing.info.identity,
+            })?;
+        Ok(())
+    }
+
+    /// Prepares this vault to join an existing identity as a new device (`echodb device
+    /// join`, then [`crate::Network::join_device`]): makes the device key it presents, once,
+    /// and keeps it until the identity is adopted. Returns the device key.
+    pub fn prepare_device(&self) -> Result<PublicKey, IdentityError> {
+        self.pending_device().map(|k| k.public_key())
+    }
+
+    /// The pending device key (see [`Client::prepare_device`]), made if there is none.
+    fn pending_device(&self) -> Result<echodb_halo::KeyPair, IdentityError> {
+        if let Some(existing) = self.identity.get() {
+            return Err(IdentityError::Exists {
+                identity: existing.info.identity,
+            });
+        }
+        if let Some(key) = self.read_pending_device()? {
+            return Ok(key);
+        }
+        let key = self.keyring.generate().map_err(IdentityError::Keyring)?;
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Column::Meta,
+            PENDING_DEVICE.to_vec(),
+            Bytes::from(key.public_key().to_string()),
+        );
+        self.store
+            .storage()
+            .write(batch, self.store.options().durability)
+            .map_err(IdentityError::Storage)?;
+        Ok(key)
+    }
+
+    fn read_pending_device(&self) -> Result<Option<echodb_halo::KeyPair>, IdentityError> {
+        let Some(bytes) = self
+            .store
+            .storage()
+            .get(Column::Meta, PENDING_DEVICE)
+            .map_err(IdentityError::Storage)?
+        else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| IdentityError::Halo {
+            reason: format!(
+                "the pending device record is damaged ({reason}); remove the vault and join again"
+            ),
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let key: PublicKey = text.parse().map_err(|e| corrupt(format!("{e}")))?;
+        self.keyring
+            .get(&key)
+            .map(Some)
+            .map_err(IdentityError::Keyring)
+    }
+
+    /// Makes this vault a device of `identity` (after a device invitation): `chain` is the
+    /// delegation from the identity to the pending device.
+    pub(crate) fn adopt_identity(
+        &self,
+        identity: PublicKey,
+        halo_space: PublicKey,
+        chain: Vec<Credential>,
+    ) -> Result<IdentityInfo, IdentityError> {
+        let device = self
+            .read_pending_device()?
+            .ok_or_else(|| IdentityError::Halo {
+                reason: "this vault has no pending device key; start with `echodb device join`"
+                    .into(),
+            })?;
+        let info = IdentityInfo {
+            identity,
+            device: device.public_key(),
+            halo_space,
+            name: None,
+        };
+        self.store_identity(&info, chain)?;
+        tracing::info!(identity = %identity.short(), device = %info.device.short(), "joined identity as a new device");
         Ok(info)
     }
 
     fn require_identity(&self) -> Result<&LoadedIdentity, SpaceError> {
-        self.identity
-            .as_ref()
-            .ok_or_else(|| SpaceError::NoIdentity {
-                vault: self.vault.clone(),
-            })
+        self.identity.get().ok_or_else(|| SpaceError::NoIdentity {
+            vault: self.vault.clone(),
+        })
     }
 
     /// The open spaces. Every borrow of it ends within the statement that takes it.
@@ -251,11 +360,7 @@ impl Client {
                 .keyring
                 .get(&identity.info.device)
                 .map_err(|e| write_failed(e.to_string()))?;
-            let signer = DeviceSigner::new(
-                identity.info.identity,
-                device,
-                vec![identity.authorization.clone()],
-            );
+            let signer = DeviceSigner::new(identity.info.identity, device, identity.chain.clone());
             let profile = Claim {
                 space: space.key(),
                 issuer: identity.info.identity,
@@ -273,13 +378,63 @@ impl Client {
                 .map_err(|e| write_failed(e.to_string()))?;
         }
         self.cache().insert(space.key(), space.clone());
+        self.record_space_in_halo(&space)?;
         tracing::info!(space = %space.key().short(), "space created");
         Ok(space)
     }
 
+    /// Writes the identity's `SpaceRecord` for `space` in its HALO space (unless there is one),
+    /// so the identity's other devices learn of the space and join it.
+    pub(crate) fn record_space_in_halo(&self, space: &Space) -> Result<(), SpaceError> {
+        let identity = self.require_identity()?;
+        let (key, genesis) = {
+            let inner = space.inner()?;
+            (inner.key(), inner.genesis_feed())
+        };
+        let halo = self.open_any_space(identity.info.halo_space)?;
+        let mut halo_inner = halo.inner()?;
+        if halo_inner
+            .halo()
+            .space_records()
+            .iter()
+            .any(|(s, _)| *s == key)
+        {
+            return Ok(());
+        }
+        let signer = self.device_signer()?;
+        let record = Claim {
+            space: identity.info.halo_space,
+            issuer: identity.info.identity,
+            subject: identity.info.identity,
+            issued_at: now(),
+            parents: Vec::new(),
+            assertion: Assertion::SpaceRecord {
+                space: key,
+                genesis_feeds: vec![genesis],
+            },
+        }
+        .sign(&signer);
+        halo_inner
+            .write_credential(&record)
+            .map_err(|e| SpaceError::Write {
+                space: identity.info.halo_space,
+                reason: format!("recording space {} in the HALO space: {e}", key.short()),
+            })?;
+        tracing::debug!(space = %key.short(), "space recorded in the HALO space");
+        Ok(())
+    }
+
+    /// The identity's devices, as its HALO space knows them (revoked ones included).
+    pub fn devices(&self) -> Result<Vec<echodb_halo::DeviceInfo>, SpaceError> {
+        let identity = self.require_identity()?;
+        let halo = self.open_any_space(identity.info.halo_space)?;
+        let inner = halo.inner()?;
+        Ok(inner.halo().devices_of(&identity.info.identity))
+    }
+
     /// The keys of the spaces this vault holds (not the identity's HALO space), in key order.
     pub fn space_keys(&self) -> Result<Vec<PublicKey>, SpaceError> {
-        let halo = self.identity.as_ref().map(|i| i.info.halo_space);
+        let halo = self.identity.get().map(|i| i.info.halo_space);
         Ok(echodb_echo::Space::list(&self.store)
             .map_err(SpaceError::Storage)?
             .into_iter()
@@ -301,7 +456,7 @@ impl Client {
     /// Opens a space this vault holds (replaying its feeds the first time; later calls return
     /// the same handle).
     pub fn space(&self, key: PublicKey) -> Result<Space, SpaceError> {
-        let halo = self.identity.as_ref().map(|i| i.info.halo_space);
+        let halo = self.identity.get().map(|i| i.info.halo_space);
         let cached = self.cache().contains_key(&key);
         if Some(key) == halo || (!cached && !self.space_keys()?.contains(&key)) {
             return Err(SpaceError::NotFound {
@@ -327,9 +482,20 @@ impl Client {
         Ok(self.cache().entry(key).or_insert(space).clone())
     }
 
-    /// This device's key pair (for the network node's identity).
+    /// This device's key pair (for the network node's identity): the identity's device, or
+    /// the pending device of a vault joining an identity.
     pub(crate) fn device_keypair(&self) -> Result<echodb_halo::KeyPair, crate::NetError> {
-        let identity = self.require_identity()?;
+        let Some(identity) = self.identity.get() else {
+            return match self.read_pending_device() {
+                Ok(Some(key)) => Ok(key),
+                Ok(None) => Err(crate::NetError::NoIdentity {
+                    vault: self.vault.clone(),
+                }),
+                Err(e) => Err(crate::NetError::Invite {
+                    reason: e.to_string(),
+                }),
+            };
+        };
         self.keyring
             .get(&identity.info.device)
             .map_err(|source| crate::NetError::DeviceKey {
@@ -351,7 +517,7 @@ impl Client {
         Ok(DeviceSigner::new(
             identity.info.identity,
             device,
-            vec![identity.authorization.clone()],
+            identity.chain.clone(),
         ))
     }
 
@@ -362,6 +528,12 @@ impl Client {
             space: identity.info.halo_space,
             reason: format!("new feed keys could not be stored: {e}"),
         })
+    }
+
+    /// New feed keys, kept in the keyring, for a vault that has no identity yet (a device
+    /// joining one: its HALO feeds).
+    pub(crate) fn generate_device_feed_keys(&self) -> Result<FeedKeys, IdentityError> {
+        FeedKeys::generate(Some(&self.keyring)).map_err(IdentityError::Keyring)
     }
 
     /// Records a space this device was admitted to (its genesis feed and this device's feeds)
@@ -381,6 +553,9 @@ impl Client {
         )?;
         let space = Space::new(inner);
         self.cache().insert(key, space.clone());
+        if self.identity().is_some_and(|i| i.halo_space != key) {
+            self.record_space_in_halo(&space)?;
+        }
         tracing::info!(space = %key.short(), "space joined");
         Ok(space)
     }
@@ -424,11 +599,22 @@ fn read_identity(store: &FeedStore, vault: &Path) -> Result<Option<LoadedIdentit
     };
     let record: IdentityRecord =
         serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let authorization = hex::decode(&record.authorization)
-        .map_err(|e| corrupt(format!("authorization: {e}")))
-        .and_then(|b| {
-            Credential::from_bytes(&b).map_err(|e| corrupt(format!("authorization: {e}")))
-        })?;
+    let decode = |text: &str| {
+        hex::decode(text)
+            .map_err(|e| corrupt(format!("authorization: {e}")))
+            .and_then(|b| {
+                Credential::from_bytes(&b).map_err(|e| corrupt(format!("authorization: {e}")))
+            })
+    };
+    let chain = if record.chain.is_empty() {
+        vec![decode(&record.authorization)?]
+    } else {
+        record
+            .chain
+            .iter()
+            .map(|c| decode(c))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let key = |what: &str, text: &str| {
         text.parse::<PublicKey>()
             .map_err(|e| corrupt(format!("{what}: {e}")))
@@ -440,7 +626,7 @@ fn read_identity(store: &FeedStore, vault: &Path) -> Result<Option<LoadedIdentit
             halo_space: key("halo_space", &record.halo_space)?,
             name: record.name,
         },
-        authorization,
+        chain,
     }))
 }
 

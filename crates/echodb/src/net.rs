@@ -28,6 +28,9 @@ use crate::client::{Client, now};
 use crate::error::NetError;
 use crate::space::Space;
 
+mod device;
+pub use device::{DeviceProgress, DeviceSpace};
+
 /// How a vault goes online.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -57,6 +60,9 @@ impl Default for NetConfig {
     }
 }
 
+/// Devices and feeds trusted before a space's own state admits this device.
+type Trust = (BTreeSet<PublicKey>, BTreeSet<PublicKey>);
+
 /// A space the node replicates, with the membership it was given.
 struct Tracked {
     membership: Arc<RwLock<TrustedSet>>,
@@ -71,7 +77,8 @@ pub struct Network {
     runtime: tokio::runtime::Runtime,
     node: Option<Node>,
     device: PublicKey,
-    identity: PublicKey,
+    /// `None` while a new device waits for its device invitation to complete.
+    identity: Option<PublicKey>,
     tracked: BTreeMap<PublicKey, Tracked>,
     dirty: Arc<AtomicBool>,
 }
@@ -171,6 +178,8 @@ impl Hosted {
 #[derive(Debug)]
 pub struct Joining {
     code: InviteCode,
+    /// A device invitation (this vault becomes a device of the host's identity).
+    for_device: bool,
     keys: echodb_echo::FeedKeys,
     guest: GuestKeys,
     updates: mpsc::Receiver<GuestUpdate>,
@@ -194,6 +203,15 @@ pub enum JoinEvent {
     },
     /// Joined: the space is in the vault and replicating.
     Joined(Space),
+    /// A device invitation completed: this vault is now a device of `identity`, replicating
+    /// its HALO space; it joins the identity's spaces as it learns of them (see
+    /// [`Network::device_progress`]).
+    DeviceJoined {
+        /// The identity this device now acts for.
+        identity: PublicKey,
+        /// The identity's HALO space.
+        halo_space: PublicKey,
+    },
     /// The join failed.
     Failed {
         /// Why.
@@ -228,13 +246,11 @@ impl Default for InviteOptions {
 impl Network {
     /// Starts the node for `client`'s device and replicates every space the vault holds
     /// (its identity's HALO space too).
+    ///
+    /// A vault without an identity starts too if it is joining one as a new device (see
+    /// [`Network::join_device`]); it then replicates nothing until the invitation completes.
     pub fn start(client: &Client, config: NetConfig) -> Result<Self, NetError> {
-        let identity = client
-            .identity()
-            .cloned()
-            .ok_or_else(|| NetError::NoIdentity {
-                vault: client.vault().to_path_buf(),
-            })?;
+        let identity = client.identity().cloned();
         let device = client.device_keypair()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -267,16 +283,26 @@ impl Network {
         let mut this = Self {
             runtime,
             node: Some(node),
-            device: identity.device,
-            identity: identity.identity,
+            device: device.public_key(),
+            identity: identity.as_ref().map(|i| i.identity),
             tracked: BTreeMap::new(),
             dirty,
         };
-        let mut keys = client.space_keys().map_err(NetError::Space)?;
-        keys.push(identity.halo_space);
-        for key in keys {
+        let Some(identity) = identity else {
+            return Ok(this);
+        };
+        let halo = client
+            .open_any_space(identity.halo_space)
+            .map_err(NetError::Space)?;
+        this.track(&halo, None)?;
+        for key in client.space_keys().map_err(NetError::Space)? {
             let space = client.open_any_space(key).map_err(NetError::Space)?;
-            this.track(&space, None)?;
+            // Spaces made before the identity recorded its spaces in the HALO space.
+            client
+                .record_space_in_halo(&space)
+                .map_err(NetError::Space)?;
+            let bootstrap = this.own_devices_bootstrap(client, &space)?;
+            this.track(&space, bootstrap)?;
         }
         Ok(this)
     }
@@ -408,6 +434,10 @@ impl Network {
         if changed && let Some(node) = &self.node {
             node.membership_changed();
         }
+        if self.identity_spaces(client)? {
+            // Credentials were written or spaces joined: apply them now.
+            self.dirty.store(true, Ordering::Release);
+        }
         Ok(true)
     }
 
@@ -448,11 +478,14 @@ impl Network {
         space: &Space,
         options: &InviteOptions,
     ) -> Result<Hosted, NetError> {
+        let identity = self.identity.ok_or_else(|| NetError::NoIdentity {
+            vault: client.vault().to_path_buf(),
+        })?;
         let role = space
             .inner()
             .map_err(NetError::Space)?
             .halo()
-            .role_of(&self.identity);
+            .role_of(&identity);
         if !matches!(role, Some(Role::Owner | Role::Admin)) {
             return Err(NetError::NotAdmin {
                 space: space.key(),
@@ -465,6 +498,20 @@ impl Network {
                 role,
             });
         }
+        let kind = InvitationKind::Space {
+            space: space.key(),
+            role: options.role,
+        };
+        self.host(client, kind, options)
+    }
+
+    /// Hosts an invitation of `kind` (checked by the caller).
+    fn host(
+        &self,
+        client: &Client,
+        kind: InvitationKind,
+        options: &InviteOptions,
+    ) -> Result<Hosted, NetError> {
         let hints = self
             .listen_addrs()
             .into_iter()
@@ -472,10 +519,7 @@ impl Network {
             .take(4)
             .collect();
         let spec = InvitationSpec {
-            kind: InvitationKind::Space {
-                space: space.key(),
-                role: options.role,
-            },
+            kind,
             auth: if options.auth_code {
                 AuthSpec::AuthCode
             } else {
@@ -509,7 +553,7 @@ impl Network {
         Ok(Hosted {
             code,
             auth_code,
-            space: space.key(),
+            space: kind.space(),
             updates,
         })
     }
@@ -570,9 +614,24 @@ impl Network {
                 reason: e.to_string(),
             },
         )?;
+        let identity = self.identity.ok_or_else(|| NetError::NoIdentity {
+            vault: client.vault().to_path_buf(),
+        })?;
         let keys = client.generate_feed_keys().map_err(NetError::Space)?;
+        self.start_join(code, keys, identity, false, within)
+    }
+
+    /// Reaches the host of `code` with these keys.
+    fn start_join(
+        &self,
+        code: InviteCode,
+        keys: echodb_echo::FeedKeys,
+        identity: PublicKey,
+        for_device: bool,
+        within: Duration,
+    ) -> Result<Joining, NetError> {
         let guest = GuestKeys {
-            identity: self.identity,
+            identity,
             device: self.device,
             control_feed: keys.control.public_key(),
             data_feed: keys.data.public_key(),
@@ -584,6 +643,7 @@ impl Network {
             .map_err(|source| NetError::Node { source })?;
         Ok(Joining {
             code,
+            for_device,
             keys,
             guest,
             updates: handle.updates,
@@ -619,6 +679,9 @@ impl Network {
                     events.push(JoinEvent::AuthFailed { attempts_left });
                 }
                 GuestUpdate::Failed { error } => events.push(JoinEvent::Failed { error }),
+                GuestUpdate::Welcomed(welcome) if joining.for_device => {
+                    events.push(self.device_welcomed(client, joining, &welcome)?);
+                }
                 GuestUpdate::Welcomed(welcome) => {
                     let space_key = welcome.kind.space();
                     let Some(genesis) = welcome.genesis_feed else {
