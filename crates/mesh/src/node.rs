@@ -13,7 +13,11 @@
 //!   peer id opens one `/echo/replicate/1` stream if the remote's device is a member; the other
 //!   side accepts it. Each stream has its own task (see `driver`); imports run on tokio's
 //!   blocking pool. At most [`NodeConfig::max_sessions_per_space`] sessions run per space, so a
-//!   space of hundreds of peers forms an overlay, not a full mesh.
+//!   space of hundreds of peers forms an overlay, not a full mesh. The overlay is random and
+//!   keeps changing: while a space's sessions are all taken and other member peers are
+//!   connected, every [`NodeConfig::rotate_interval`] one session chosen at random is ended
+//!   (and that peer is not taken back for two intervals), so its slot goes to another peer
+//!   instead of staying with whoever connected first.
 //! - Reconnection: a peer this node dialled (or found through mDNS or rendezvous) is dialled
 //!   again after it disconnects, with exponential backoff.
 
@@ -90,6 +94,9 @@ pub struct NodeConfig {
     pub redial_max: Duration,
     /// How often spaces are looked up again at the signal servers.
     pub rediscover_interval: Duration,
+    /// How often a space whose sessions are all taken, while other member peers wait, ends
+    /// one session chosen at random (see the module documentation).
+    pub rotate_interval: Duration,
     /// Settings of each replication session.
     pub replicate: ReplicateConfig,
 }
@@ -109,6 +116,7 @@ impl Default for NodeConfig {
             redial_min: Duration::from_millis(250),
             redial_max: Duration::from_secs(30),
             rediscover_interval: Duration::from_secs(30),
+            rotate_interval: Duration::from_secs(30),
             replicate: ReplicateConfig::default(),
         }
     }
@@ -446,6 +454,8 @@ impl Node {
             membership: membership_rx,
             board: board.clone(),
             config,
+            running: Arc::default(),
+            cooling: Arc::default(),
         };
         let user_control = control_of(&shared);
         let blob_accept = tokio::spawn(blob::accept_loop(shared.clone(), blobs));
@@ -522,6 +532,12 @@ impl Node {
     /// The replication sessions running now and what each reports.
     pub fn sessions(&self) -> Vec<SessionStatus> {
         self.board.sessions()
+    }
+
+    /// The remote devices known (in a running or an ended session) to hold `feed` of `space`
+    /// up to at least `length` blocks.
+    pub fn reached(&self, space: &PublicKey, feed: &PublicKey, length: u64) -> Vec<PublicKey> {
+        self.board.reached(space, feed, length)
     }
 
     /// Tells every session that a space's membership changed (a member or feed admitted, a
@@ -668,6 +684,10 @@ struct Shared {
     membership: watch::Receiver<u64>,
     board: StatusBoard,
     config: NodeConfig,
+    /// The running sessions, each with the switch that ends it (overlay rotation).
+    running: Arc<std::sync::Mutex<HashMap<(PeerId, DiscoveryKey), watch::Sender<bool>>>>,
+    /// Sessions ended by rotation, not taken back before the instant given.
+    cooling: Arc<std::sync::Mutex<HashMap<(PeerId, DiscoveryKey), Instant>>>,
 }
 
 fn control_of(shared: &Shared) -> libp2p_stream::Control {
@@ -683,9 +703,38 @@ impl Shared {
             open_timeout: self.config.open_timeout,
             stall_timeout: self.config.stall_timeout,
             shutdown: self.shutdown.clone(),
+            retire: None,
             membership: self.membership.clone(),
             board: self.board.clone(),
         }
+    }
+
+    /// The context of a session about to run, registered so rotation can end it; call
+    /// [`Shared::session_ended`] when it ends.
+    fn session_context(&self, peer: PeerId, space: DiscoveryKey) -> driver::Context {
+        let (retire, retired) = watch::channel(false);
+        if let Ok(mut running) = self.running.lock() {
+            running.insert((peer, space), retire);
+        }
+        driver::Context {
+            retire: Some(retired),
+            ..self.context(peer, space)
+        }
+    }
+
+    fn session_ended(&self, peer: PeerId, space: DiscoveryKey) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&(peer, space));
+        }
+    }
+
+    /// Whether rotation ended a session with `peer` for `space` too recently to take it back.
+    fn cooling(&self, peer: PeerId, space: DiscoveryKey) -> bool {
+        let now = Instant::now();
+        self.cooling.lock().is_ok_and(|mut cooling| {
+            cooling.retain(|_, until| *until > now);
+            cooling.contains_key(&(peer, space))
+        })
     }
 
     fn space(&self, key: &DiscoveryKey) -> Option<SpaceEntry> {
@@ -734,6 +783,10 @@ async fn accept_one(
         driver::refuse(stream, replicate::Refusal::NotAuthorized).await;
         return;
     };
+    if shared.cooling(peer, key) {
+        tracing::debug!(%peer, space = %key, "session ended by overlay rotation moments ago; stream dropped");
+        return;
+    }
     let Ok(slot) = entry.slots.clone().try_acquire_owned() else {
         tracing::info!(%peer, space = %key, "session limit of the space reached; stream dropped");
         return;
@@ -746,11 +799,12 @@ async fn accept_one(
         entry.membership.clone(),
         shared.config.replicate,
     );
-    let ctx = shared.context(peer, key);
+    let ctx = shared.session_context(peer, key);
     if let Err(error) = accepted {
         tracing::info!(%peer, space = %key, %error, "replication refused");
     }
     let result = driver::run(session, stream, rest, ctx, &mut false).await;
+    shared.session_ended(peer, key);
     drop(slot);
     log_end(peer, key, &result);
 }
@@ -791,6 +845,8 @@ struct SwarmDriver {
 impl SwarmDriver {
     async fn run(mut self) {
         let mut rediscover = tokio::time::interval(self.shared.config.rediscover_interval);
+        let mut rotate = tokio::time::interval(self.shared.config.rotate_interval);
+        rotate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.iter().map(|(at, _)| *at).min();
             tokio::select! {
@@ -801,6 +857,7 @@ impl SwarmDriver {
                 },
                 _ = sleep_until(next_timer) => self.on_timers(),
                 _ = rediscover.tick() => self.discover_all(),
+                _ = rotate.tick() => self.rotate(),
             }
         }
         self.accept.abort();
@@ -1128,6 +1185,62 @@ impl SwarmDriver {
         }
     }
 
+    /// Overlay rotation: in each space whose sessions are all taken while other member peers
+    /// are connected without one, ends one running session chosen at random and offers the
+    /// slot to a waiting peer.
+    fn rotate(&mut self) {
+        let spaces: Vec<(DiscoveryKey, SpaceEntry)> = match self.shared.spaces.read() {
+            Ok(spaces) => spaces.iter().map(|(k, e)| (*k, e.clone())).collect(),
+            Err(_) => return,
+        };
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let running: Vec<(PeerId, DiscoveryKey)> = match self.shared.running.lock() {
+            Ok(running) => running.keys().copied().collect(),
+            Err(_) => return,
+        };
+        for (key, entry) in spaces {
+            if entry.slots.available_permits() > 0 {
+                continue;
+            }
+            let waiting: Vec<PeerId> = connected
+                .iter()
+                .copied()
+                .filter(|peer| {
+                    !self.signal_servers.contains(peer)
+                        && !running.contains(&(*peer, key))
+                        && !self.shared.cooling(*peer, key)
+                        && device_of(peer).is_some_and(|d| entry.membership.is_member_device(&d))
+                })
+                .collect();
+            let sessions: Vec<PeerId> = running
+                .iter()
+                .filter(|(_, k)| *k == key)
+                .map(|(p, _)| *p)
+                .collect();
+            if waiting.is_empty() || sessions.is_empty() {
+                continue;
+            }
+            let retired = sessions[random_below(sessions.len())];
+            let next = waiting[random_below(waiting.len())];
+            let until = Instant::now() + self.shared.config.rotate_interval * 2;
+            if let Ok(mut cooling) = self.shared.cooling.lock() {
+                cooling.insert((retired, key), until);
+            }
+            if let Ok(running) = self.shared.running.lock()
+                && let Some(retire) = running.get(&(retired, key))
+            {
+                let _ = retire.send(true);
+            }
+            tracing::debug!(space = %key, %retired, %next, waiting = waiting.len(), "overlay rotation: a session makes room for a waiting peer");
+            // The slot frees once the session has ended; if this side opens to the waiting
+            // peer, it tries then (the peer retries on its own otherwise).
+            self.timers.push((
+                Instant::now() + Duration::from_millis(200),
+                Timer::Reopen(next, key),
+            ));
+        }
+    }
+
     /// Opens a replication session with `peer` for the space `key` if this side is the one
     /// that opens (the lower peer id), the remote device is a member, none runs yet and the
     /// space has a free slot.
@@ -1135,6 +1248,7 @@ impl SwarmDriver {
         if self.shared.local >= peer
             || self.signal_servers.contains(&peer)
             || self.opening.contains(&(peer, key))
+            || self.shared.cooling(peer, key)
         {
             return;
         }
@@ -1219,9 +1333,21 @@ async fn open_one(
         }
     };
     let mut established = false;
+    let ctx = driver::Context {
+        retire: shared.session_context(peer, key).retire,
+        ..ctx
+    };
     let result = driver::run(session, stream, Vec::new(), ctx, &mut established).await;
+    shared.session_ended(peer, key);
     log_end(peer, key, &result);
     established
+}
+
+/// A number below `n` (for the overlay's random choices; `n` > 0).
+fn random_below(n: usize) -> usize {
+    let mut bytes = [0u8; 8];
+    crate::entropy::Entropy::fill(&mut crate::entropy::OsEntropy, &mut bytes);
+    (u64::from_le_bytes(bytes) % n.max(1) as u64) as usize
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -331,3 +331,57 @@ async fn blobs_go_to_members_verified_and_not_to_others() -> TestResult {
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overlay_rotates_so_a_full_space_serves_every_waiting_peer() -> TestResult {
+    init_tracing();
+    // The hub takes one session per space at a time; three leaves reach only the hub. With a
+    // first-come overlay the first leaf would keep the slot and the others get nothing.
+    let hub_key = KeyPair::generate();
+    let leaves: Vec<KeyPair> = (0..3).map(|_| KeyPair::generate()).collect();
+    let mut devices: Vec<&KeyPair> = leaves.iter().collect();
+    devices.push(&hub_key);
+    let space = space(&devices);
+    let at_hub = Arc::new(FeedStore::in_memory());
+    fill(&at_hub, &space.feed, 50)?;
+    let hub = Node::spawn(
+        NodeConfig {
+            max_sessions_per_space: 1,
+            rotate_interval: Duration::from_millis(300),
+            ..config(TCP)?
+        },
+        &hub_key,
+        at_hub.clone(),
+    )
+    .await?;
+    hub.add_space(space.key, space.members.clone()).await?;
+    let addr = hub
+        .listen_addrs()
+        .first()
+        .cloned()
+        .ok_or("no listen address")?;
+    let mut nodes = Vec::new();
+    let mut stores = Vec::new();
+    for leaf in &leaves {
+        let store = Arc::new(FeedStore::in_memory());
+        let node = Node::spawn(config(TCP)?, leaf, store.clone()).await?;
+        node.add_space(space.key, space.members.clone()).await?;
+        node.dial(addr.clone()).await?;
+        nodes.push(node);
+        stores.push(store);
+    }
+    let mut all = true;
+    for store in &stores {
+        all &= wait_for(store, &space.feed.public_key(), 50, Duration::from_secs(30)).await;
+    }
+    let held: Vec<u64> = stores
+        .iter()
+        .map(|s| s.length(&space.feed.public_key()))
+        .collect();
+    for node in nodes {
+        node.shutdown().await;
+    }
+    hub.shutdown().await;
+    assert!(all, "blocks held by each leaf: {held:?}");
+    Ok(())
+}

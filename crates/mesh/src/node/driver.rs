@@ -106,6 +106,8 @@ pub(crate) enum Ended {
     RemoteClosed,
     /// The node is shutting down.
     Shutdown,
+    /// Overlay rotation ended it to make room for another peer.
+    Retired,
 }
 
 /// What a session task needs besides its session.
@@ -117,6 +119,8 @@ pub(crate) struct Context {
     pub open_timeout: Duration,
     pub stall_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Set when overlay rotation ends this session (`None` outside a running session).
+    pub retire: Option<watch::Receiver<bool>>,
     /// Bumped when a space's membership changed: the session re-reads it.
     pub membership: watch::Receiver<u64>,
     /// Where the session reports its progress (read by [`super::Node::sessions`]).
@@ -352,12 +356,20 @@ pub(crate) async fn run(
                 }
             }
             _ = ctx.shutdown.changed() => break Ok(Ended::Shutdown),
+            _ = retired(&mut ctx.retire) => {
+                tracing::debug!(%peer, %space, "session ended to rotate the overlay");
+                break Ok(Ended::Retired);
+            }
         }
     };
     // A session error leaves the session closed with its final refusal to send; any other
     // error ends it here without a word.
     if matches!(result, Err(ref e) if !matches!(e, DriveError::Session { .. })) {
         session.close();
+    }
+    if session.is_established() || *established {
+        // The last word on what the remote reached.
+        ctx.board.report(peer, space, &session);
     }
     ctx.board.remove(peer, space);
     finish(&mut session, output_tx, &mut writer).await;
@@ -397,5 +409,16 @@ async fn writer_error(
         peer,
         space,
         source,
+    }
+}
+
+/// Resolves once the session's retire switch is set (or its owner dropped it); never without
+/// a switch.
+async fn retired(retire: &mut Option<watch::Receiver<bool>>) {
+    match retire {
+        Some(retire) => {
+            let _ = retire.wait_for(|r| *r).await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use echodb_halo::{Credential, DeviceSigner, PublicKey, Timestamp};
+use echodb_halo::{Credential, DeviceSigner, KeyPair, PublicKey, Timestamp};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
@@ -112,6 +112,8 @@ pub enum Answer {
     AuthCode(String),
     /// The secret the two users agreed on.
     SharedSecret(Vec<u8>),
+    /// A signature by the key the host named (the guest's identity key).
+    KnownKey(Box<KeyPair>),
 }
 
 /// A running join: updates come out, answers go in.
@@ -397,6 +399,7 @@ pub(crate) async fn guest_run(
             let given = match &answer {
                 Answer::AuthCode(code) => GuestAnswer::AuthCode(code),
                 Answer::SharedSecret(secret) => GuestAnswer::SharedSecret(secret),
+                Answer::KnownKey(key) => GuestAnswer::KnownKey(key.as_ref()),
             };
             if let Err(e) = session.answer(given) {
                 let _ = updates.send(failed(e.to_string())).await;

@@ -43,7 +43,16 @@ impl SessionStatus {
 
 /// The sessions' shared reports (updated by the session tasks a few times a second).
 #[derive(Debug, Clone, Default)]
-pub struct StatusBoard(Arc<Mutex<HashMap<(PeerId, DiscoveryKey), SessionStatus>>>);
+pub struct StatusBoard(Arc<Mutex<Board>>);
+
+#[derive(Debug, Default)]
+struct Board {
+    live: HashMap<(PeerId, DiscoveryKey), SessionStatus>,
+    /// Per space and remote device, the most each feed was known to reach there, kept after
+    /// sessions end (a peer that refuses this device after learning something from it, e.g.
+    /// that it left, still counts as having received it).
+    reach: HashMap<(PublicKey, PublicKey), BTreeMap<PublicKey, u64>>,
+}
 
 impl StatusBoard {
     /// Records what `session` (with `peer`, for the space `key`) reports now.
@@ -63,14 +72,22 @@ impl StatusBoard {
             stats: session.stats(),
         };
         if let Ok(mut board) = self.0.lock() {
-            board.insert((peer, key), status);
+            let reach = board
+                .reach
+                .entry((status.space, status.device))
+                .or_default();
+            for (feed, length) in &status.remote_heads {
+                let known = reach.entry(*feed).or_default();
+                *known = (*known).max(*length);
+            }
+            board.live.insert((peer, key), status);
         }
     }
 
-    /// Forgets a session that ended.
+    /// Forgets a session that ended (what it reached stays known).
     pub(crate) fn remove(&self, peer: PeerId, key: DiscoveryKey) {
         if let Ok(mut board) = self.0.lock() {
-            board.remove(&(peer, key));
+            board.live.remove(&(peer, key));
         }
     }
 
@@ -78,7 +95,25 @@ impl StatusBoard {
     pub fn sessions(&self) -> Vec<SessionStatus> {
         self.0
             .lock()
-            .map(|board| board.values().cloned().collect())
+            .map(|board| board.live.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The remote devices of `space` known (now or in an ended session) to hold `feed` up to
+    /// at least `length` blocks.
+    pub fn reached(&self, space: &PublicKey, feed: &PublicKey, length: u64) -> Vec<PublicKey> {
+        self.0
+            .lock()
+            .map(|board| {
+                board
+                    .reach
+                    .iter()
+                    .filter(|((s, _), heads)| {
+                        s == space && heads.get(feed).is_some_and(|l| *l >= length)
+                    })
+                    .map(|((_, device), _)| *device)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
