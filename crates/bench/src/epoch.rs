@@ -2,20 +2,23 @@
 //! epoch's snapshot.
 //!
 //! A space on RocksDB gets `mutations` field sets over `objects` objects (`PER_BLOCK` per
-//! block), then an epoch, then a short tail of later blocks. Then, **in one process** (no
-//! network; every byte that would cross one is counted):
+//! block), then an epoch, then a short tail of later blocks. Then:
 //!
-//! - *join by full replay*: a new RocksDB store receives every feed as encoded signed ranges
-//!   (encoded, decoded, verified by `FeedStore::import`) and replays everything;
-//! - *join from the epoch*: a new RocksDB store receives the control feeds the same way, decides
-//!   the latest epoch from them, fetches the snapshot through the real blob-exchange cores
-//!   (`BlobServe` → in-memory byte pipe → `BlobFetch`, verified against its CID), anchors the data
-//!   feeds at the cut and imports only the blocks after it, then loads the snapshot;
-//! - *reopen*: the full-replay store, and the epoch store, opened again.
+//! - *joins over the network* (`net`): a second process serves the space's store over a
+//!   libp2p node on 127.0.0.1; this process joins into a fresh RocksDB vault, once by full
+//!   replay (every block of every feed, replayed) and once from the epoch (control feeds, the
+//!   snapshot by `Node::fetch_blob`, the data blocks after the cut), timed from the dial until
+//!   the space is open and holds everything the host has;
+//! - *join from the epoch in one process* (`join_epoch_in_process_*`, for comparison): the
+//!   control feeds and later blocks as encoded signed ranges, the snapshot through the
+//!   blob-exchange cores over an in-memory pipe;
+//! - *reopen*: the two joined vaults, closed cleanly, opened again (`Space::open`).
+
+mod net;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use echodb_echo::{
@@ -31,29 +34,60 @@ use serde_json::json;
 
 use crate::{Figure, Report, progress};
 
+use net::Mode;
+pub use net::{HOST, host};
+
 const TYPE_NAME: &str = "bench.Item";
 /// Field sets per block.
 const PER_BLOCK: u64 = 100;
 /// Blocks written after the epoch.
 const TAIL_BLOCKS: u64 = 20;
 
+/// What `epoch --help` prints.
+pub const HELP: &str =
+    "echodb-bench epoch [--quick] [--json] [--objects=N] [--mutations=N] [--no-full-replay]
+  --quick            500 objects, 20,000 mutations (default: 10,000 and 1,000,000)
+  --objects=N        objects in the space
+  --mutations=N      field sets in the space (one per object first, then in turn)
+  --no-full-replay   skip the joins and reopens by full replay (the slow part)";
+
 struct Sizes {
     objects: u64,
     mutations: u64,
+    full_replay: bool,
+}
+
+impl Sizes {
+    fn from_args(quick: bool) -> Result<Self> {
+        let mut sizes = if quick {
+            Sizes {
+                objects: 500,
+                mutations: 20_000,
+                full_replay: true,
+            }
+        } else {
+            Sizes {
+                objects: 10_000,
+                mutations: 1_000_000,
+                full_replay: true,
+            }
+        };
+        for arg in std::env::args().skip(1) {
+            if let Some(n) = arg.strip_prefix("--objects=") {
+                sizes.objects = n.parse().context("--objects=N")?;
+            } else if let Some(n) = arg.strip_prefix("--mutations=") {
+                sizes.mutations = n.parse().context("--mutations=N")?;
+            } else if arg == "--no-full-replay" {
+                sizes.full_replay = false;
+            }
+        }
+        ensure!(sizes.objects > 0, "--objects must be at least 1");
+        Ok(sizes)
+    }
 }
 
 pub fn run(quick: bool) -> Result<Report> {
-    let sizes = if quick {
-        Sizes {
-            objects: 500,
-            mutations: 20_000,
-        }
-    } else {
-        Sizes {
-            objects: 10_000,
-            mutations: 1_000_000,
-        }
-    };
+    let sizes = Sizes::from_args(quick)?;
     let dir = tempfile::tempdir()?;
     let root = dir.path();
 
@@ -91,84 +125,93 @@ pub fn run(quick: bool) -> Result<Report> {
     let feeds = space.halo().feeds();
     drop(space);
 
-    progress("join by full replay (every block of every feed)");
-    let full_path = root.join("full");
-    let start = Instant::now();
-    let full_store = Arc::new(FeedStore::open(full_path.join("store"), no_sync())?);
-    let mut full_bytes = 0;
-    for info in &feeds {
-        full_bytes += transfer(&source, &full_store, &info.feed, Seq(0))?;
-    }
-    let joined = Space::join(full_store, space_key, genesis, FeedKeys::generate(None)?)?;
-    let join_full_replay_ms = start.elapsed().as_secs_f64() * 1e3;
-    ensure!(fingerprint(&joined) == expected, "full replay differs");
-    drop(joined);
+    let source_store = source_path.join("store");
 
-    progress("join from the epoch (control feeds, snapshot by blob exchange, later blocks)");
-    let epoch_path = root.join("epoch");
-    let start = Instant::now();
-    let epoch_store = Arc::new(FeedStore::open(epoch_path.join("store"), no_sync())?);
-    let mut control_bytes = 0;
-    for info in feeds
-        .iter()
-        .filter(|f| f.designation == Designation::Control)
-    {
-        control_bytes += transfer(&source, &epoch_store, &info.feed, Seq(0))?;
-    }
-    let epoch = echodb_epoch::latest_epoch(&epoch_store, space_key, genesis)?
-        .context("no epoch in the control feeds")?;
-    let (snapshot, snapshot_wire_bytes) = fetch_blob(&source, Cid(epoch.snapshot.0))?;
-    let installed = echodb_epoch::install_snapshot(&epoch_store, space_key, &epoch, &snapshot)?;
-    let mut tail_bytes = 0;
-    for (feed, from) in &installed.fetch_from {
-        tail_bytes += transfer(&source, &epoch_store, feed, *from)?;
-    }
-    for info in feeds.iter().filter(|f| f.designation == Designation::Data) {
-        if epoch_store.length(&info.feed) == 0 {
-            tail_bytes += transfer(&source, &epoch_store, &info.feed, Seq(0))?;
-        }
-    }
-    let epoch_keyring = Keyring::open(epoch_path.join("keys"))?;
-    let epoch_keys = FeedKeys::generate(Some(&epoch_keyring))?;
-    let joined =
-        Space::join_from_snapshot(epoch_store, space_key, genesis, epoch_keys, installed.cid)?;
-    let join_epoch_ms = start.elapsed().as_secs_f64() * 1e3;
-    ensure!(fingerprint(&joined) == expected, "epoch join differs");
-    drop(joined);
-    let join_epoch_bytes = control_bytes + snapshot_wire_bytes + tail_bytes;
-
-    progress("reopen by full replay");
-    let start = Instant::now();
-    let store = Arc::new(FeedStore::open(full_path.join("store"), no_sync())?);
-    let reopened = Space::join(store, space_key, genesis, FeedKeys::generate(None)?)?;
-    let reopen_full_replay_ms = start.elapsed().as_secs_f64() * 1e3;
+    progress("join from the epoch, in process (no network)");
+    let (local_space, local_ms, local_bytes) =
+        join_in_process(&source, &feeds, space_key, genesis, &root.join("local"))?;
     ensure!(
-        fingerprint(&reopened) == expected,
-        "reopened full replay differs"
+        fingerprint(&local_space) == expected,
+        "the in-process epoch join differs"
     );
-    drop(reopened);
+    drop(local_space);
+    // The host process opens the source store: this process lets go of it first.
+    drop(source);
+
+    progress("starting the host process (127.0.0.1)");
+    let host = net::start_host(&source_store, space_key, genesis)?;
+    let limit = Duration::from_secs(if quick { 120 } else { 1800 });
+    let full_path = root.join("full");
+    let mut full = None;
+    if sizes.full_replay {
+        progress("join by full replay over the network (every block of every feed)");
+        let joined = net::join(&host, Mode::Replay, &full_path, space_key, genesis, limit)?;
+        ensure!(
+            fingerprint(&joined.space) == expected,
+            "the full-replay join differs"
+        );
+        full = Some((joined.ms, joined.bytes));
+    }
+    progress("join from the epoch over the network (control feeds, snapshot, later blocks)");
+    let epoch_path = root.join("epoch");
+    let joined = net::join(&host, Mode::Epoch, &epoch_path, space_key, genesis, limit)?;
+    ensure!(
+        fingerprint(&joined.space) == expected,
+        "the epoch join differs"
+    );
+    ensure!(
+        joined.space.pipeline().base().is_some(),
+        "the epoch join did not start from the snapshot"
+    );
+    let (join_epoch_ms, join_epoch_bytes, join_snapshot_bytes) =
+        (joined.ms, joined.bytes, joined.snapshot_bytes);
+    let epoch_keyring = joined.keyring;
+    // A clean close of the joined vault (its store flushes as it closes).
+    drop(joined.space);
+    drop(host);
+
+    let mut reopen_full_replay_ms = None;
+    if sizes.full_replay {
+        progress("reopen by full replay");
+        let keyring = Keyring::open(full_path.join("keys"))?;
+        let start = Instant::now();
+        let store = Arc::new(FeedStore::open(
+            full_path.join("store"),
+            StoreOptions::default(),
+        )?);
+        let reopened = Space::open(store, &keyring, space_key)?;
+        reopen_full_replay_ms = Some(start.elapsed().as_secs_f64() * 1e3);
+        ensure!(
+            fingerprint(&reopened) == expected,
+            "reopened full replay differs"
+        );
+        drop(reopened);
+    }
 
     progress("reopen from the epoch");
     let start = Instant::now();
-    let store = Arc::new(FeedStore::open(epoch_path.join("store"), no_sync())?);
+    let store = Arc::new(FeedStore::open(
+        epoch_path.join("store"),
+        StoreOptions::default(),
+    )?);
     let store_open_ms = start.elapsed().as_secs_f64() * 1e3;
     let reopened = Space::open(store, &epoch_keyring, space_key)?;
     let reopen_epoch_ms = start.elapsed().as_secs_f64() * 1e3;
-    ensure!(
-        reopened.pipeline().base().is_some(),
-        "the reopened space did not start from the snapshot"
-    );
+    let base = reopened
+        .pipeline()
+        .base()
+        .cloned()
+        .context("the reopened space did not start from the snapshot")?;
     ensure!(
         fingerprint(&reopened) == expected,
         "reopened from the epoch differs"
     );
     // Where a reopen's time goes, each step again on the open store.
-    let cid = installed.cid;
     let start = Instant::now();
     let blob = reopened
         .store()
         .blobs()
-        .get(&cid)?
+        .get(&base.cid)?
         .context("snapshot not held")?;
     let read_snapshot_ms = start.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
@@ -184,31 +227,25 @@ pub fn run(quick: bool) -> Result<Report> {
         "loaded database differs"
     );
     drop((db, decoded, blob, reopened));
-    // The first open recovered RocksDB's log (the snapshot was written with sync off just
-    // before); a second restart shows an open without that recovery.
-    let start = Instant::now();
-    let store = Arc::new(FeedStore::open(epoch_path.join("store"), no_sync())?);
-    let again_store_open_ms = start.elapsed().as_secs_f64() * 1e3;
-    let reopened = Space::open(store, &epoch_keyring, space_key)?;
-    let reopen_epoch_again_ms = start.elapsed().as_secs_f64() * 1e3;
-    ensure!(
-        fingerprint(&reopened) == expected,
-        "reopened again from the epoch differs"
-    );
-    drop(reopened);
-    drop(source);
 
     let figure = |name, value, unit| Figure { name, value, unit };
-    let results = vec![
-        figure("join_full_replay_ms", join_full_replay_ms, "ms"),
+    let mut results = Vec::new();
+    if let Some((ms, bytes)) = full {
+        results.push(figure("join_full_replay_ms", ms, "ms"));
+        results.push(figure("join_full_replay_bytes", bytes as f64, "bytes"));
+    }
+    results.extend([
         figure("join_epoch_ms", join_epoch_ms, "ms"),
-        figure("join_full_replay_bytes", full_bytes as f64, "bytes"),
         figure("join_epoch_bytes", join_epoch_bytes as f64, "bytes"),
-        figure("join_epoch_control_bytes", control_bytes as f64, "bytes"),
-        figure("join_epoch_tail_bytes", tail_bytes as f64, "bytes"),
+        figure(
+            "join_epoch_snapshot_bytes",
+            join_snapshot_bytes as f64,
+            "bytes",
+        ),
+        figure("join_epoch_in_process_ms", local_ms, "ms"),
+        figure("join_epoch_in_process_bytes", local_bytes as f64, "bytes"),
         figure("snapshot_bytes", created.snapshot_bytes as f64, "bytes"),
         figure("create_epoch_ms", create_epoch_ms, "ms"),
-        figure("reopen_full_replay_ms", reopen_full_replay_ms, "ms"),
         figure("reopen_epoch_ms", reopen_epoch_ms, "ms"),
         figure("reopen_epoch_store_open_ms", store_open_ms, "ms"),
         figure(
@@ -216,16 +253,13 @@ pub fn run(quick: bool) -> Result<Report> {
             reopen_epoch_ms - store_open_ms,
             "ms",
         ),
-        figure("reopen_epoch_again_ms", reopen_epoch_again_ms, "ms"),
-        figure(
-            "reopen_epoch_again_store_open_ms",
-            again_store_open_ms,
-            "ms",
-        ),
         figure("reopen_epoch_read_snapshot_ms", read_snapshot_ms, "ms"),
         figure("reopen_epoch_decode_snapshot_ms", decode_snapshot_ms, "ms"),
         figure("reopen_epoch_build_database_ms", build_database_ms, "ms"),
-    ];
+    ]);
+    if let Some(ms) = reopen_full_replay_ms {
+        results.push(figure("reopen_full_replay_ms", ms, "ms"));
+    }
     Ok(Report {
         suite: "epoch",
         results,
@@ -235,11 +269,53 @@ pub fn run(quick: bool) -> Result<Report> {
             "mutations_per_block": PER_BLOCK,
             "blocks_after_epoch": TAIL_BLOCKS,
             "write_seconds": write_seconds,
-            "transport": "in-process: signed ranges encoded and decoded, snapshot through BlobServe/BlobFetch over an in-memory pipe; no network",
-            "storage": "RocksDB, sync off",
+            "transport": "join_*: two processes on 127.0.0.1, libp2p TCP (the host serves the source store; the joiner replicates control feeds, fetches the snapshot with Node::fetch_blob, replicates the rest); bytes are encoded blocks imported plus the snapshot (no signatures, framing, Noise or yamux). join_epoch_in_process_*: one process, signed ranges and the blob-exchange cores over in-memory pipes",
+            "storage": "RocksDB; the source written with sync off; the joiners' stores and the reopens with the default (sync)",
             "profile": if cfg!(debug_assertions) { "dev (optimised, with debug assertions)" } else { "release" },
         }),
     })
+}
+
+/// The join from the epoch in one process: the control feeds as signed ranges, the snapshot
+/// through the blob-exchange cores over an in-memory pipe, the later blocks. Returns the space,
+/// the milliseconds and the bytes that would have crossed a network.
+fn join_in_process(
+    source: &FeedStore,
+    feeds: &[echodb_halo::FeedInfo],
+    space_key: PublicKey,
+    genesis: PublicKey,
+    path: &Path,
+) -> Result<(Space, f64, usize)> {
+    let start = Instant::now();
+    let store = Arc::new(FeedStore::open(path.join("store"), no_sync())?);
+    let mut bytes = 0;
+    for info in feeds
+        .iter()
+        .filter(|f| f.designation == Designation::Control)
+    {
+        bytes += transfer(source, &store, &info.feed, Seq(0))?;
+    }
+    let epoch = echodb_epoch::latest_epoch(&store, space_key, genesis)?
+        .context("no epoch in the control feeds")?;
+    let (snapshot, snapshot_wire_bytes) = fetch_blob(source, Cid(epoch.snapshot.0))?;
+    bytes += snapshot_wire_bytes;
+    let installed = echodb_epoch::install_snapshot(&store, space_key, &epoch, &snapshot)?;
+    for (feed, from) in &installed.fetch_from {
+        bytes += transfer(source, &store, feed, *from)?;
+    }
+    for info in feeds.iter().filter(|f| f.designation == Designation::Data) {
+        if store.length(&info.feed) == 0 {
+            bytes += transfer(source, &store, &info.feed, Seq(0))?;
+        }
+    }
+    let joined = Space::join_from_snapshot(
+        store,
+        space_key,
+        genesis,
+        FeedKeys::generate(None)?,
+        installed.cid,
+    )?;
+    Ok((joined, start.elapsed().as_secs_f64() * 1e3, bytes))
 }
 
 fn no_sync() -> StoreOptions {

@@ -60,6 +60,19 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some(replicate::SERVE) {
         return replicate::serve(&args[1..]);
     }
+    // The host process of the `epoch` suite's joins (started by the suite itself).
+    if args.first().map(String::as_str) == Some(epoch::HOST) {
+        return epoch::host(&args[1..]);
+    }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        match args.first().map(String::as_str) {
+            Some("epoch") => println!("{}", epoch::HELP),
+            _ => println!(
+                "usage: echodb-bench SUITE [--quick] [--json]; suites: feeds, echo, epoch, replicate (SUITE --help for a suite's options)"
+            ),
+        }
+        return Ok(());
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().any(|a| a == "--json");
     let suite = args
@@ -158,7 +171,9 @@ fn print_table(report: &Report) {
             "reopen_epoch_ms                          {}  (target <= 100)",
             value("reopen_epoch_ms")
         );
-        println!("(joins run in one process: no network; the bytes are those that would cross it)");
+        println!(
+            "(join_*: two processes over 127.0.0.1; join_epoch_in_process_*: one process, no network)"
+        );
     }
     if report.suite == "feeds" {
         println!();
