@@ -18,7 +18,8 @@ cargo xtask <command>
   demo                    the main job on this machine (see README)
   bench SUITE [--quick] [--json] [--release]
                           macro benchmarks; suites: feeds, echo, epoch, replicate
-  sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault flip-field|wrong-order=PEER]
+  sim [SCENARIO] [--seed N] [--peers N] [--duration-ms MS] [--json] [--svg FILE]
+      [--fault flip-field|wrong-order=PEER] [--verify-every-signature]
                           deterministic simulation of many peers (xtask/scenarios/*.json)
   codegen [--check]       regenerate crates/proto/src/gen from proto/*.proto (--check: fail if stale)
   layers                  fail if a crate depends upward or sideways (DESIGN §3)

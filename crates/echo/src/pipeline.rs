@@ -194,6 +194,11 @@ pub struct Pipeline {
     sizes: Vec<usize>,
     /// The snapshot this pipeline started from, if any.
     base: Option<SnapshotBase>,
+    /// The state machine's rejected control blocks as of the last control block processed
+    /// (only `on_control` feeds the state machine, so this is current between calls).
+    rejected: BTreeSet<Position>,
+    /// Every feed the state machine admits is in `feeds` (false after adding one failed).
+    feeds_complete: bool,
 }
 
 /// Log indexes of the data blocks naming one object, in log order. Most objects are named by
@@ -255,13 +260,11 @@ fn objects_of(mutations: &Mutations) -> Vec<ObjectId> {
 
 /// A credential after whose acceptance data blocks may change validity: a removal or
 /// revocation (cutoffs), or an epoch (the blocks it covers keep the validity its issuer saw).
-fn changes_validity(payload: &[u8]) -> bool {
-    Credential::from_bytes(payload).is_ok_and(|c| {
-        matches!(
-            c.claim().assertion,
-            Assertion::MemberRemoved { .. } | Assertion::DeviceRevoked { .. } | Assertion::Epoch(_)
-        )
-    })
+fn changes_validity(credential: &Credential) -> bool {
+    matches!(
+        credential.claim().assertion,
+        Assertion::MemberRemoved { .. } | Assertion::DeviceRevoked { .. } | Assertion::Epoch(_)
+    )
 }
 
 impl Pipeline {
@@ -290,6 +293,8 @@ impl Pipeline {
             broken: BTreeMap::new(),
             sizes: Vec::new(),
             base: None,
+            rejected: BTreeSet::new(),
+            feeds_complete: true,
         })
     }
 
@@ -539,7 +544,13 @@ impl Pipeline {
             feed: d.feed,
             seq: d.seq,
         };
-        let before = self.rejected_positions();
+        // Comparing the rejected blocks and the admitted feeds before and after is O(blocks)
+        // per control block; when the state machine decided only this block (no new full
+        // pass), earlier decisions are unchanged and feeds were only added, so the comparison
+        // follows from the decision and the feed count.
+        let before = std::mem::take(&mut self.rejected);
+        let recomputations = self.halo.recomputations();
+        let feed_count = self.halo.feed_count();
         let decision = self.halo.process(ControlBlock {
             feed: d.feed,
             seq: d.seq,
@@ -570,30 +581,46 @@ impl Pipeline {
             },
             d.payload.len(),
         );
-        for info in self.halo.feeds() {
-            if self.feeds.contains_key(&info.feed) {
-                continue;
+        let recomputed = self.halo.recomputations() != recomputations;
+        let mut after = if recomputed {
+            self.rejected_positions()
+        } else {
+            let mut after = before.clone();
+            if self.halo.is_rejected(position) {
+                after.insert(position);
             }
-            let start = match (&self.base, info.designation) {
-                (Some(base), Designation::Data) => base.feeds.get(&info.feed),
-                _ => None,
-            };
-            let added = match start {
-                Some(start) => self
-                    .iterator
-                    .add_feed_from(info.feed, start.position.clone()),
-                None => self.iterator.add_feed(info.feed),
-            };
-            added.map_err(|source| PipelineError::Iterate {
-                space: self.halo.space(),
-                source: Box::new(source),
-            })?;
-            self.feeds.insert(info.feed, info.designation);
+            after
+        };
+        self.rejected = after.clone();
+        // What the accepted credential is, from the state machine's decoded copy.
+        let (admitted, changes_validity) = match self.halo.credential_at(position) {
+            Some(credential) if accepted == Some(true) => (
+                matches!(credential.claim().assertion, Assertion::AdmittedFeed { .. })
+                    .then_some(credential.claim().subject),
+                changes_validity(credential),
+            ),
+            _ => (None, false),
+        };
+        let grown = self.halo.feed_count() != feed_count;
+        if recomputed || !self.feeds_complete {
+            self.add_admitted_feeds()?;
+        } else if grown {
+            // Decided alone, the block added feeds: when it is an `AdmittedFeed` whose subject
+            // is admitted now, not iterated yet, and the only feed added, that is the one;
+            // anything else takes the full comparison.
+            let admitted = admitted
+                .filter(|feed| !self.feeds.contains_key(feed))
+                .and_then(|feed| self.halo.feed_info(&feed));
+            match admitted {
+                Some(info) if self.halo.feed_count() == feed_count + 1 => {
+                    self.add_feed(info.feed, info.designation)?;
+                }
+                _ => self.add_admitted_feeds()?,
+            }
         }
-        let mut after = self.rejected_positions();
         after.remove(&position);
         let earlier_changed = before != after;
-        if earlier_changed || (accepted == Some(true) && changes_validity(&d.payload)) {
+        if earlier_changed || changes_validity {
             let rebuilt = self.revalidate()?;
             report.rebuilt += rebuilt.len();
             if let Some(LogEntry {
@@ -604,6 +631,38 @@ impl Pipeline {
                 *r = rebuilt;
             }
         }
+        Ok(())
+    }
+
+    /// Starts iterating every feed the state machine admits that is not iterated yet.
+    fn add_admitted_feeds(&mut self) -> Result<(), PipelineError> {
+        self.feeds_complete = false;
+        for info in self.halo.feeds() {
+            if !self.feeds.contains_key(&info.feed) {
+                self.add_feed(info.feed, info.designation)?;
+            }
+        }
+        self.feeds_complete = true;
+        Ok(())
+    }
+
+    /// Starts iterating `feed`; on failure the next control block compares every feed again.
+    fn add_feed(&mut self, feed: PublicKey, designation: Designation) -> Result<(), PipelineError> {
+        self.feeds_complete = false;
+        let start = match (&self.base, designation) {
+            (Some(base), Designation::Data) => base.feeds.get(&feed),
+            _ => None,
+        };
+        let added = match start {
+            Some(start) => self.iterator.add_feed_from(feed, start.position.clone()),
+            None => self.iterator.add_feed(feed),
+        };
+        added.map_err(|source| PipelineError::Iterate {
+            space: self.halo.space(),
+            source: Box::new(source),
+        })?;
+        self.feeds.insert(feed, designation);
+        self.feeds_complete = true;
         Ok(())
     }
 

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use echodb_halo::{PublicKey, Seq, Timeframe};
+use tokio::sync::broadcast::{self, error::TryRecvError};
 
 use crate::block::{BlockHash, DecodedBlock};
 use crate::codec::{FeedIndexTable, UnknownFeedIndex};
 use crate::error::ReadError;
-use crate::store::FeedStore;
+use crate::store::{FeedEvent, FeedStore};
 
 /// A block yielded in causal order.
 #[derive(Debug, Clone)]
@@ -102,6 +103,10 @@ pub struct CausalIterator {
     waiting: HashMap<PublicKey, Vec<(Seq, PublicKey)>>,
     /// Feeds whose next block is not stored yet.
     exhausted: BTreeSet<PublicKey>,
+    /// The store's events since the last poll: which feeds may have grown. An exhausted feed
+    /// is looked at again only when an event names it (or when this fell behind), so a poll
+    /// costs O(feeds that grew), not O(feeds iterated).
+    events: broadcast::Receiver<FeedEvent>,
 }
 
 impl CausalIterator {
@@ -113,6 +118,7 @@ impl CausalIterator {
         feeds: impl IntoIterator<Item = PublicKey>,
         processed: &Timeframe,
     ) -> Result<Self, CausalError> {
+        let events = store.subscribe();
         let mut this = Self {
             store,
             cursors: BTreeMap::new(),
@@ -120,6 +126,7 @@ impl CausalIterator {
             ready: BinaryHeap::new(),
             waiting: HashMap::new(),
             exhausted: BTreeSet::new(),
+            events,
         };
         for feed in feeds {
             this.add_feed_at(feed, processed.get(&feed))?;
@@ -279,9 +286,27 @@ impl CausalIterator {
     }
 
     /// Loads the exhausted feeds that grew since; the others stay exhausted, unread.
+    ///
+    /// The store sends an event after every growth becomes visible, and this iterator
+    /// subscribed before reading any feed, so an exhausted feed that grew is named by an event
+    /// not taken yet (a feed exhausted after an event was taken saw that growth when it was
+    /// read). Only when the subscription fell behind is every exhausted feed asked.
     fn poll_exhausted(&mut self) -> Result<(), CausalError> {
-        let grown: Vec<PublicKey> = self
-            .exhausted
+        let mut named = BTreeSet::new();
+        let mut lagged = false;
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => {
+                    if self.exhausted.contains(&event.feed) {
+                        named.insert(event.feed);
+                    }
+                }
+                Err(TryRecvError::Lagged(_)) => lagged = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        let candidates = if lagged { &self.exhausted } else { &named };
+        let grown: Vec<PublicKey> = candidates
             .iter()
             .filter(|feed| {
                 self.cursors

@@ -5,9 +5,11 @@
 //! first 8 digits for people to read in logs and tables.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 
@@ -79,10 +81,91 @@ impl PublicKey {
     /// Checks `signature` over `message` under this key (strict verification: no malleable or
     /// small-order signatures).
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+        if !REMEMBERING.load(Ordering::Relaxed) {
+            return self.check(message, signature);
+        }
+        let id = check_id(self, message, signature);
+        if remembered(&id) {
+            REMEMBERED_HITS.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.check(message, signature)?;
+        remember(id);
+        Ok(())
+    }
+
+    /// The signature check itself, always computed.
+    fn check(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+        CHECKS_COMPUTED.fetch_add(1, Ordering::Relaxed);
         let key = decoded(&self.0)?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         key.verify_strict(message, &sig)
             .map_err(|_| SignatureError::Invalid)
+    }
+}
+
+/// Whether signature checks that passed are remembered process-wide (see
+/// [`remember_verified_signatures`]). Off unless a simulator turns it on.
+static REMEMBERING: AtomicBool = AtomicBool::new(false);
+/// The checks that passed, by [`check_id`], and how many to keep.
+static REMEMBERED: Mutex<Option<(HashSet<[u8; 32]>, usize)>> = Mutex::new(None);
+/// Signature checks computed (every call while not remembering).
+static CHECKS_COMPUTED: AtomicU64 = AtomicU64::new(0);
+/// Signature checks answered from the remembered ones.
+static REMEMBERED_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every later [`PublicKey::verify`] in this process remember the checks that passed
+/// (at most `capacity` of them; when full, the remembered set starts again empty) and answer
+/// a check of the same key, message and signature from memory.
+///
+/// **For simulators only.** A simulator runs many replicas in one process, and each replica
+/// checks the same credentials and blocks: N replicas verifying the same N credentials is
+/// O(N²) signature checks, which dominates a simulation of a thousand peers. A signature check
+/// is a pure function of (key, message, signature), so answering a repeated check that passed
+/// from memory gives every replica the answer it would have computed: it models N independent
+/// replicas faithfully, only cheaper. Checks that fail are never remembered (they are computed
+/// every time), and a check is identified by a BLAKE3 hash of the key, the signature and the
+/// message. A node serving real peers never calls this: it verifies every signature it is given.
+pub fn remember_verified_signatures(capacity: usize) {
+    let mut remembered = REMEMBERED.lock().unwrap_or_else(PoisonError::into_inner);
+    *remembered = Some((HashSet::new(), capacity.max(1)));
+    REMEMBERING.store(true, Ordering::Relaxed);
+}
+
+/// Signature checks so far in this process: (computed, answered from remembered checks).
+/// The second is zero unless [`remember_verified_signatures`] was called.
+pub fn signature_checks() -> (u64, u64) {
+    (
+        CHECKS_COMPUTED.load(Ordering::Relaxed),
+        REMEMBERED_HITS.load(Ordering::Relaxed),
+    )
+}
+
+/// The identity of one check: BLAKE3 over the key, the signature and the message (key and
+/// signature have fixed lengths, so the concatenation is unambiguous).
+fn check_id(key: &PublicKey, message: &[u8], signature: &Signature) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&key.0);
+    hasher.update(&signature.0);
+    hasher.update(message);
+    *hasher.finalize().as_bytes()
+}
+
+fn remembered(id: &[u8; 32]) -> bool {
+    REMEMBERED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|(passed, _)| passed.contains(id))
+}
+
+fn remember(id: [u8; 32]) {
+    let mut remembered = REMEMBERED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((passed, capacity)) = remembered.as_mut() {
+        if passed.len() >= *capacity {
+            passed.clear();
+        }
+        passed.insert(id);
     }
 }
 
@@ -299,6 +382,39 @@ mod tests {
                 Err(SignatureError::Invalid)
             );
         }
+    }
+
+    #[test]
+    fn remembered_checks_give_the_computed_answers() {
+        // Process-wide: other tests in this process may now be answered from memory too,
+        // which is the point (the same answers).
+        remember_verified_signatures(2);
+        let pair = KeyPair::from_seed([5; 32]);
+        let other = KeyPair::from_seed([6; 32]);
+        let sig = pair.sign(b"hello");
+        for _ in 0..3 {
+            assert_eq!(pair.public_key().verify(b"hello", &sig), Ok(()));
+            assert_eq!(
+                pair.public_key().verify(b"hellO", &sig),
+                Err(SignatureError::Invalid)
+            );
+            assert_eq!(
+                other.public_key().verify(b"hello", &sig),
+                Err(SignatureError::Invalid)
+            );
+            // A second key and message that pass: both fit the memory (capacity 2).
+            let sig2 = other.sign(b"x");
+            assert_eq!(other.public_key().verify(b"x", &sig2), Ok(()));
+            assert_eq!(
+                other.public_key().verify(b"y", &sig2),
+                Err(SignatureError::Invalid)
+            );
+        }
+        let (computed, hits) = signature_checks();
+        assert!(
+            computed > 0 && hits > 0,
+            "{computed} computed, {hits} remembered"
+        );
     }
 
     #[test]

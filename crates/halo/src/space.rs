@@ -296,6 +296,8 @@ pub struct SpaceStateMachine {
     filters: Vec<Filter>,
     excluded: BTreeSet<usize>,
     view: View,
+    /// Full passes over every block so far (see [`SpaceStateMachine::recomputations`]).
+    recomputations: u64,
 }
 
 impl SpaceStateMachine {
@@ -310,7 +312,22 @@ impl SpaceStateMachine {
             filters: Vec::new(),
             excluded: BTreeSet::new(),
             view: View::default(),
+            recomputations: 0,
         }
+    }
+
+    /// How many times [`SpaceStateMachine::process`] decided every block again (a block that
+    /// arrived out of canonical order, or a removal). While this count stays the same, a
+    /// `process` call decided only its own block: earlier decisions did not change and admitted
+    /// feeds were only added, so a caller can skip comparing [`SpaceStateMachine::rejected`]
+    /// and [`SpaceStateMachine::feeds`] before and after (O(blocks) per control block).
+    pub fn recomputations(&self) -> u64 {
+        self.recomputations
+    }
+
+    /// How many feeds are admitted ([`SpaceStateMachine::feeds`]`.len()`, without the copy).
+    pub fn feed_count(&self) -> usize {
+        self.view.feeds.len()
     }
 
     /// The space key.
@@ -495,6 +512,31 @@ impl SpaceStateMachine {
         Some(self.decision_of(index))
     }
 
+    /// The credential of the control block at `position`, if it was processed and decoded
+    /// (whatever its decision), so a caller need not decode the payload again.
+    pub fn credential_at(&self, position: Position) -> Option<&Credential> {
+        let index = *self
+            .feeds
+            .get(&position.feed)?
+            .blocks
+            .get(usize::try_from(position.seq.0).ok()?)?;
+        self.blocks
+            .get(index)?
+            .parsed
+            .as_ref()
+            .ok()
+            .map(|parsed| &parsed.credential)
+    }
+
+    /// Whether the control block at `position` is among [`SpaceStateMachine::rejected`] (without
+    /// listing them all).
+    pub fn is_rejected(&self, position: Position) -> bool {
+        self.feeds
+            .get(&position.feed)
+            .and_then(|feed| feed.blocks.get(usize::try_from(position.seq.0).ok()?))
+            .is_some_and(|&index| matches!(self.pass.decisions.get(index), Some(Some(Err(_)))))
+    }
+
     /// Current members (role and devices), by identity.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.view.member_infos()
@@ -535,11 +577,13 @@ impl SpaceStateMachine {
         self.view.profiles.get(key).map(String::as_str)
     }
 
-    /// (HALO space) The spaces the identity belongs to, with their genesis feeds.
+    /// (HALO space) The spaces the identity belongs to, with their genesis feeds. A record
+    /// without genesis feeds says the identity left that space; such spaces are not listed.
     pub fn space_records(&self) -> Vec<(PublicKey, Vec<PublicKey>)> {
         self.view
             .space_records
             .iter()
+            .filter(|(_, f)| !f.is_empty())
             .map(|(s, f)| (*s, f.clone()))
             .collect()
     }
@@ -793,6 +837,7 @@ impl SpaceStateMachine {
     /// excluded (refused) and the settling starts over without it. Terminates: each round
     /// applies or excludes one removal.
     fn recompute(&mut self) {
+        self.recomputations += 1;
         let mut excluded = BTreeSet::new();
         'restart: loop {
             let mut filters: Vec<Filter> = Vec::new();

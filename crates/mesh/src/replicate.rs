@@ -465,6 +465,11 @@ pub struct Session<M> {
     told: BTreeMap<PublicKey, u64>,
     /// What the remote holds, per feed (at most [`MAX_FEEDS`]).
     remote_heads: BTreeMap<PublicKey, u64>,
+    /// Feeds the remote may hold more of than the store: every feed whose store length is
+    /// below its `remote_heads` entry is here (a superset: entries are dropped lazily, see
+    /// [`Session::prune_lacking`]). Scheduling and the sync check look only at these (and
+    /// at `chains`), so a store event costs O(feeds behind), not O(feeds in the space).
+    lacking: BTreeSet<PublicKey>,
     /// This side's requests awaiting a response (at most `outstanding_requests`).
     in_flight: BTreeMap<u64, InFlight>,
     /// Per feed with requests in flight: the pipeline's position (at most `outstanding_requests`
@@ -587,6 +592,7 @@ impl<M: Membership> Session<M> {
             send_heads: false,
             told: BTreeMap::new(),
             remote_heads: BTreeMap::new(),
+            lacking: BTreeSet::new(),
             in_flight: BTreeMap::new(),
             chains: BTreeMap::new(),
             received: Vec::new(),
@@ -741,6 +747,13 @@ impl<M: Membership> Session<M> {
             return;
         }
         self.note_local(feed, length);
+        if self
+            .remote_heads
+            .get(&feed)
+            .is_none_or(|remote_len| length >= *remote_len)
+        {
+            self.lacking.remove(&feed);
+        }
         // An import from another session may have given what was about to be asked for.
         self.schedule_requests();
         self.check_synced();
@@ -883,6 +896,11 @@ impl<M: Membership> Session<M> {
                 None => self.remote_heads.entry(feed).or_insert(0),
             };
             *entry = (*entry).max(head.length);
+            let remote_len = *entry;
+            // Store lengths only grow, so a feed leaves `lacking` only once it has caught up.
+            if remote_len > self.store.length(&feed) {
+                self.lacking.insert(feed);
+            }
             // Never announce back what the remote has more of. An equal length is still
             // announced once: it tells the remote this side holds that much, which is how
             // each side knows when both hold the same (sync status).
@@ -1160,6 +1178,10 @@ impl<M: Membership> Session<M> {
             .config
             .outstanding_requests
             .saturating_sub(self.in_flight.len());
+        if free == 0 {
+            return;
+        }
+        self.prune_lacking();
         let per_response = self.blocks_per_response();
         while free > 0 {
             let wanted = self.wanted(free, per_response);
@@ -1173,26 +1195,46 @@ impl<M: Membership> Session<M> {
         }
     }
 
+    /// Drops from `lacking` the feeds the store has caught up on (through another session, or
+    /// before a `local_head` said so).
+    fn prune_lacking(&mut self) {
+        let store = &self.store;
+        let remote_heads = &self.remote_heads;
+        self.lacking.retain(|feed| {
+            remote_heads
+                .get(feed)
+                .is_some_and(|remote_len| *remote_len > store.length(feed))
+        });
+    }
+
     /// One round of requests: at most `free`, at most one per feed, from the cursor round the
-    /// ring once so every feed gets its turn.
+    /// ring of the remote's feeds once so every feed gets its turn.
+    ///
+    /// Only feeds in `lacking` or with a chain can be asked for (any other has a store length
+    /// at or past the remote's), so the ring is walked over those alone.
     fn wanted(&self, free: usize, per_response: Option<u64>) -> Vec<(PublicKey, u64, bool, u64)> {
         let mut wanted = Vec::new();
+        let candidates: BTreeSet<PublicKey> = self
+            .lacking
+            .iter()
+            .chain(self.chains.keys())
+            .copied()
+            .collect();
         let start = self.cursor;
         let after = start
-            .map(|c| {
-                self.remote_heads
-                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-            })
+            .map(|c| candidates.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)))
             .into_iter()
             .flatten();
-        let before = self
-            .remote_heads
+        let before = candidates
             .range(..)
-            .take_while(|(feed, _)| start.is_none_or(|c| **feed <= c));
-        for (feed, remote_len) in after.chain(before) {
+            .take_while(|feed| start.is_none_or(|c| **feed <= c));
+        for feed in after.chain(before) {
             if wanted.len() >= free {
                 break;
             }
+            let Some(remote_len) = self.remote_heads.get(feed) else {
+                continue;
+            };
             if self.forked.contains(feed) || !self.membership.is_space_feed(feed) {
                 continue;
             }
@@ -1263,12 +1305,16 @@ impl<M: Membership> Session<M> {
     }
 
     fn check_synced(&mut self) {
+        // Feeds outside `lacking` are held at least as far as the remote holds them.
         let synced = self.state == State::Established
             && self.in_flight.is_empty()
-            && self.remote_heads.iter().all(|(feed, len)| {
+            && self.lacking.iter().all(|feed| {
                 self.forked.contains(feed)
                     || !self.membership.is_space_feed(feed)
-                    || self.store.length(feed) >= *len
+                    || self
+                        .remote_heads
+                        .get(feed)
+                        .is_none_or(|len| self.store.length(feed) >= *len)
             });
         if synced && !self.synced {
             self.synced_event = true;

@@ -8,13 +8,20 @@
 //! partitions, churn). Every random choice comes from the seed, so a run is reproducible and
 //! its event log hash says so.
 //!
+//! One modelling shortcut, on unless [`Options::verify_every_signature`] is set: a signature
+//! check that passed on one peer is answered from a process-wide memo when another peer makes
+//! the same check (same key, message and signature), instead of each of N peers verifying the
+//! same N credentials (O(N²) checks). A check is a pure function of its inputs, so each peer
+//! gets the answer it would have computed; checks that fail are computed every time. Outcomes
+//! and the event log hash are the same with and without it.
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use echodb_sim::{Options, Scenario, run};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let scenario = Scenario::load(Path::new("xtask/scenarios/baseline-20.json"))?;
-//! let report = run(scenario, &Options { seed: 1, sample: false })?;
+//! let report = run(scenario, &Options { seed: 1, ..Options::default() })?;
 //! assert!(report.converged, "{}", report.summary());
 //! # Ok(()) }
 //! ```

@@ -7,13 +7,19 @@ use anyhow::{Context as _, Result, bail};
 use echodb_sim::{Fault, FaultKind, Options, Scenario, run};
 
 const HELP: &str = "\
-echodb-sim [SCENARIO] [--seed N] [--peers N] [--json] [--svg FILE] [--fault KIND=PEER]
+echodb-sim [SCENARIO] [--seed N] [--peers N] [--duration-ms MS] [--json] [--svg FILE]
+           [--fault KIND=PEER] [--verify-every-signature]
 
   SCENARIO   a name under xtask/scenarios/ (default baseline-20) or a path to a JSON file
   --seed N   seed of every random choice (default 1); same seed, same run, same log hash
   --peers N  override the scenario's initial peer count
+  --duration-ms MS
+             override how long the workload writes (virtual ms)
   --json     print the report as JSON instead of the summary
   --svg FILE draw the fraction of peers converged over virtual time
+  --verify-every-signature
+             compute every signature check on every peer; by default a check that passed
+             on one peer is answered from memory on the others (same outcomes, same log hash)
   --fault flip-field=PEER
              test-only: PEER shows a state with one replicated field flipped; the run must
              then report a divergence naming the object and field
@@ -37,7 +43,9 @@ fn main() -> Result<()> {
     let mut name: Option<String> = None;
     let mut seed = 1u64;
     let mut peers: Option<usize> = None;
+    let mut duration_ms: Option<u64> = None;
     let mut json = false;
+    let mut verify_every_signature = false;
     let mut svg: Option<PathBuf> = None;
     let mut fault: Option<Fault> = None;
     let mut i = 0;
@@ -57,7 +65,16 @@ fn main() -> Result<()> {
                 );
                 i += 1;
             }
+            "--duration-ms" => {
+                duration_ms = Some(
+                    value(&args, i, "--duration-ms")?
+                        .parse()
+                        .context("--duration-ms takes a number")?,
+                );
+                i += 1;
+            }
             "--json" => json = true,
+            "--verify-every-signature" => verify_every_signature = true,
             "--svg" => {
                 svg = Some(PathBuf::from(value(&args, i, "--svg")?));
                 i += 1;
@@ -100,6 +117,9 @@ fn main() -> Result<()> {
     if let Some(peers) = peers {
         scenario.peers = peers;
     }
+    if let Some(duration_ms) = duration_ms {
+        scenario.duration_ms = duration_ms;
+    }
     if fault.is_some() {
         scenario.fault = fault;
     }
@@ -109,6 +129,7 @@ fn main() -> Result<()> {
         &Options {
             seed,
             sample: svg.is_some(),
+            verify_every_signature,
         },
     )?;
     if json {

@@ -116,6 +116,12 @@ pub struct Report {
     pub blocks_stored: u64,
     /// Invitations completed.
     pub invites_completed: usize,
+    /// Signature checks computed during setup and run (counted process-wide: runs in parallel
+    /// threads of one process count each other's).
+    pub signatures_computed: u64,
+    /// Signature checks answered from the checks other peers computed (see
+    /// [`crate::Options::verify_every_signature`]).
+    pub signatures_remembered: u64,
     /// BLAKE3 of the event log (times, kinds, every frame's bytes, final states).
     pub log_hash: String,
     /// (virtual ms, fraction of peers holding the final state), when sampled.
@@ -208,6 +214,11 @@ impl Report {
             kib(self.bytes_written.mean),
             kib(self.bytes_written.max as f64),
             self.sent_per_byte_written
+        );
+        let _ = writeln!(
+            s,
+            "  signature checks: {} computed, {} answered from the process-wide memo of checks that passed",
+            self.signatures_computed, self.signatures_remembered
         );
         let _ = writeln!(
             s,

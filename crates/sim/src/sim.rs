@@ -70,7 +70,18 @@ pub struct Options {
     pub seed: u64,
     /// Take convergence samples (for `--svg`); costs a fingerprint per changed peer per sample.
     pub sample: bool,
+    /// Compute every signature check on every peer. Off by default: the simulator then turns
+    /// on [`echodb_halo::keys::remember_verified_signatures`] for the process, so a check that
+    /// one peer computed and that passed is answered from memory when another peer makes the
+    /// same check (a modelling shortcut: a check is a pure function of key, message and
+    /// signature, so outcomes and the event log hash do not change; a check that fails is
+    /// always computed). The memo is process-wide: once a run turned it on, setting this for a
+    /// later run in the same process does not turn it off.
+    pub verify_every_signature: bool,
 }
+
+/// Signature checks remembered at most, when shared (32 bytes each plus the set's overhead).
+const REMEMBERED_SIGNATURES: usize = 1 << 20;
 
 /// Consecutive failures after which a link stops trying (until membership changes).
 const MAX_LINK_FAILURES: u32 = 8;
@@ -255,6 +266,8 @@ pub struct Sim {
     next_sample: Micros,
     /// Wall time of [`Sim::new`] (every peer replaying the genesis), not counted in `speed`.
     setup_wall: std::time::Duration,
+    /// [`echodb_halo::keys::signature_checks`] before the setup.
+    checks_before: (u64, u64),
 }
 
 impl std::fmt::Debug for Sim {
@@ -282,6 +295,10 @@ impl Sim {
     /// a space was set up; guests start empty) and the overlay.
     pub fn new(scenario: Scenario, options: &Options) -> Result<Self, SimError> {
         let setup_started = Instant::now();
+        if !options.verify_every_signature {
+            echodb_halo::keys::remember_verified_signatures(REMEMBERED_SIGNATURES);
+        }
+        let checks_before = echodb_halo::keys::signature_checks();
         let seed = options.seed;
         let mut rng = SimRng::derive(seed, "sim", 0);
         let members = scenario.peers;
@@ -463,6 +480,7 @@ impl Sim {
             samples: Vec::new(),
             next_sample: 0,
             setup_wall: std::time::Duration::ZERO,
+            checks_before,
             scenario,
         };
         sim.apply_fault_setup();
@@ -1554,6 +1572,7 @@ impl Sim {
             }
         }
         let hash = self.log.finalize().to_hex().to_string();
+        let checks = echodb_halo::keys::signature_checks();
         let converged_at = eligible
             .iter()
             .map(|p| self.peers[*p].last_change)
@@ -1618,6 +1637,8 @@ impl Sim {
             blocks_received: self.blocks_received,
             blocks_stored: self.blocks_stored,
             invites_completed: self.invites_completed,
+            signatures_computed: checks.0.saturating_sub(self.checks_before.0),
+            signatures_remembered: checks.1.saturating_sub(self.checks_before.1),
             log_hash: hash,
             curve,
         })

@@ -25,7 +25,7 @@ fn go(s: Scenario, seed: u64) -> Report {
         s,
         &Options {
             seed,
-            sample: false,
+            ..Options::default()
         },
     )
     .unwrap()
