@@ -579,6 +579,29 @@ impl Space {
         Ok(spaces)
     }
 
+    /// Forgets a space on this device (after leaving it): the vault no longer lists or opens
+    /// it, and the blocks of `feeds` (the space's feeds) are dropped, each keeping only its
+    /// length and head. Returns how many blocks were dropped.
+    pub fn forget(
+        store: &FeedStore,
+        space: &PublicKey,
+        feeds: &[PublicKey],
+    ) -> Result<u64, StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.delete(Column::Meta, record_key(space));
+        batch.delete(Column::Meta, snapshot_key(space));
+        store.storage().write(batch, store.options().durability)?;
+        let mut dropped = 0;
+        for feed in feeds {
+            let length = store.length(feed);
+            if length > 0 {
+                dropped += store.prune(feed, Seq(length - 1))?;
+            }
+        }
+        tracing::info!(space = %space.short(), dropped, "space forgotten");
+        Ok(dropped)
+    }
+
     /// The space key.
     pub fn key(&self) -> PublicKey {
         self.space

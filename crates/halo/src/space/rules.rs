@@ -131,7 +131,7 @@ pub enum Refusal {
         /// Its subject.
         subject: PublicKey,
     },
-    /// Nobody changes their own role (or removes themself).
+    /// Nobody changes their own role (leaving, a removal of oneself, is allowed).
     #[error("member {member} may not change its own role")]
     SelfRoleChange {
         /// The member.
@@ -287,13 +287,14 @@ fn role_may_write(role: Role, kind: BlockKind) -> bool {
             CredentialKind::AuthorizedDevice | CredentialKind::DeviceRevoked => {
                 role >= Role::Editor
             }
-            // Any member may admit the feeds of its own new devices (the assertion's rule
-            // keeps others' feeds to admins).
-            CredentialKind::AdmittedFeed | CredentialKind::DeviceSpaceFeeds => true,
-            CredentialKind::SpaceMember
-            | CredentialKind::MemberRemoved
-            | CredentialKind::Epoch
-            | CredentialKind::SpaceRecord => role >= Role::Admin,
+            // Any member may admit the feeds of its own new devices and leave (the
+            // assertion's rule keeps others' feeds and removals to admins).
+            CredentialKind::AdmittedFeed
+            | CredentialKind::DeviceSpaceFeeds
+            | CredentialKind::MemberRemoved => true,
+            CredentialKind::SpaceMember | CredentialKind::Epoch | CredentialKind::SpaceRecord => {
+                role >= Role::Admin
+            }
             CredentialKind::SpaceGenesis => false,
         },
     }
@@ -434,10 +435,9 @@ pub(crate) fn validate(
             }
         }
         Assertion::MemberRemoved { member, cutoffs } => {
-            if *member == claim.issuer {
-                return Err(Refusal::SelfRoleChange { member: *member });
-            }
-            if !is_admin {
+            // A member removing itself leaves the space; removing others takes an admin.
+            let leaving = *member == claim.issuer;
+            if !is_admin && !leaving {
                 return Err(not_authorized(issuer_role));
             }
             let current = view

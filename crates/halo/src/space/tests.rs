@@ -819,3 +819,43 @@ fn a_device_space_request_names_a_device_of_the_issuer() {
     assert!(decision(&machine, at).is_err());
     assert_eq!(machine.device_space_feeds().len(), 1);
 }
+
+#[test]
+fn a_member_leaves_by_removing_itself_but_the_last_owner_cannot() {
+    let mut w = team();
+    let editor = dev(2, 0);
+    let before = w.write_data(editor);
+    let left = w.remove(editor, 2);
+    let after = w.write_data(editor);
+    let machine = w.full_replica();
+    assert!(
+        decision(&machine, left).is_ok(),
+        "{:?}",
+        decision(&machine, left)
+    );
+    assert_eq!(machine.role_of(&w.identity(2)), None);
+    assert!(w.check(&machine, before).is_ok());
+    assert!(
+        w.check(&machine, after).is_err(),
+        "a write after leaving counts"
+    );
+    // The only owner may not leave.
+    let at = w.remove(OWNER, OWNER);
+    let machine = w.full_replica();
+    assert_eq!(
+        decision(&machine, at),
+        Err(Refusal::LastOwner {
+            member: w.identity(OWNER)
+        })
+    );
+    // Changing one's own role is still refused.
+    let me = w.identity(1);
+    let at = w.write(
+        dev(1, 0),
+        &w.issue(dev(1, 0), me, Assertion::SpaceMember { role: Role::Reader }),
+    );
+    assert_eq!(
+        decision(&w.full_replica(), at),
+        Err(Refusal::SelfRoleChange { member: me })
+    );
+}
