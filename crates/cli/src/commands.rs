@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use echodb::net::Multiaddr;
+use echodb::net::{InviteAuth, Multiaddr};
 use echodb::{Client, NetConfig, Network, ObjectId, Query, Space, Value};
 
 use crate::args::Field;
 use crate::jobs::{self, Job, LocalInput};
 use crate::output::Out;
 use crate::{
-    Cli, Command, DeviceCommand, EpochCommand, IdentityCommand, ObjectCommand, QueryArgs,
+    AuthArg, Cli, Command, DeviceCommand, EpochCommand, IdentityCommand, ObjectCommand, QueryArgs,
     SpaceCommand, TextCommand,
 };
 
@@ -75,6 +75,34 @@ impl Ctx {
             net.shutdown();
         }
     }
+}
+
+/// The auth method `space invite` asked for, with what it needs.
+fn invite_auth(
+    auth: AuthArg,
+    secret: Option<String>,
+    guest_key: Option<String>,
+) -> Result<InviteAuth> {
+    Ok(match auth {
+        AuthArg::Code => InviteAuth::Code,
+        AuthArg::None => InviteAuth::None,
+        AuthArg::Secret => match secret {
+            Some(secret) if !secret.is_empty() => InviteAuth::SharedSecret(secret),
+            _ => bail!(
+                "--auth secret needs the secret: --secret SECRET; the guest types the same when asked (or passes --secret)"
+            ),
+        },
+        AuthArg::Key => {
+            let Some(text) = guest_key else {
+                bail!(
+                    "--auth key needs the guest's identity key: --guest-key IDENTITY (they see it with `echodb identity show`)"
+                );
+            };
+            InviteAuth::KnownKey(text.trim().parse().with_context(|| {
+                format!("--guest-key {text:?} is not an identity key (64 hex digits)")
+            })?)
+        }
+    })
 }
 
 /// The network settings the global flags give.
@@ -145,6 +173,13 @@ pub fn start(command: Command, ctx: &mut Ctx, out: &mut Out) -> Result<Option<Bo
             out.identity(info)?;
         }
         Command::Device(DeviceCommand::Invite { auth, expires }) => {
+            let auth = match auth {
+                AuthArg::Code => InviteAuth::Code,
+                AuthArg::None => InviteAuth::None,
+                AuthArg::Secret | AuthArg::Key => bail!(
+                    "a device invitation is checked with an auth code (--auth code) or not at all (--auth none)"
+                ),
+            };
             return Ok(Some(jobs::Invite::start_device(ctx, out, auth, expires)?));
         }
         Command::Device(DeviceCommand::Join {
@@ -192,10 +227,13 @@ pub fn start(command: Command, ctx: &mut Ctx, out: &mut Out) -> Result<Option<Bo
             space,
             role,
             auth,
+            secret,
+            guest_key,
             multi_use,
             expires,
         }) => {
             let space = open_space(client, &space)?;
+            let auth = invite_auth(auth, secret, guest_key)?;
             return Ok(Some(jobs::Invite::start(
                 ctx, out, &space, role, auth, multi_use, expires,
             )?));
@@ -203,6 +241,7 @@ pub fn start(command: Command, ctx: &mut Ctx, out: &mut Out) -> Result<Option<Bo
         Command::Space(SpaceCommand::Join {
             code,
             auth_code,
+            secret,
             timeout,
         }) => {
             return Ok(Some(jobs::Join::start(
@@ -210,6 +249,16 @@ pub fn start(command: Command, ctx: &mut Ctx, out: &mut Out) -> Result<Option<Bo
                 out,
                 &code,
                 auth_code,
+                secret,
+                Duration::from_secs(timeout),
+            )?));
+        }
+        Command::Space(SpaceCommand::Leave { space, timeout }) => {
+            let space = open_space(client, &space)?;
+            return Ok(Some(jobs::Leave::start(
+                ctx,
+                out,
+                &space,
                 Duration::from_secs(timeout),
             )?));
         }

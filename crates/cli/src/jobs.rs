@@ -8,13 +8,15 @@ use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use echodb::net::{HostEvent, Hosted, InviteOptions, JoinEvent, Joining};
+use echodb::net::{
+    AuthMethod, HostEvent, Hosted, InviteAuth, InviteOptions, JoinEvent, Joining, Leaving,
+};
 use echodb::{Event, ObjectView, PublicKey, Query, Role, Space, SubscriptionId};
 use serde_json::json;
 
+use crate::RoleArg;
 use crate::commands::{Ctx, STEP};
 use crate::output::{Out, Reply, object_json};
-use crate::{AuthArg, RoleArg};
 
 /// Events queued per watch poll at most; beyond, one `reset` line replaces them.
 const WATCH_CAPACITY: usize = 4096;
@@ -216,10 +218,11 @@ impl Invite {
         out: &mut Out,
         space: &Space,
         role: RoleArg,
-        auth: AuthArg,
+        auth: InviteAuth,
         multi_use: bool,
         expires: u64,
     ) -> Result<Box<dyn Job>> {
+        let shows_code = auth == InviteAuth::Code;
         let options = InviteOptions {
             role: match role {
                 RoleArg::Reader => Role::Reader,
@@ -227,7 +230,7 @@ impl Invite {
                 RoleArg::Admin => Role::Admin,
                 RoleArg::Owner => Role::Owner,
             },
-            auth_code: auth == AuthArg::Code,
+            auth,
             multi_use,
             expires: Some(Duration::from_secs(expires)),
         };
@@ -240,7 +243,7 @@ impl Invite {
         out.note(&format!(
             "give this code to the guest: `echodb space join {}`{}",
             hosted.code(),
-            if options.auth_code {
+            if shows_code {
                 "; the auth code appears here when they connect"
             } else {
                 ""
@@ -258,11 +261,12 @@ impl Invite {
     pub fn start_device(
         ctx: &mut Ctx,
         out: &mut Out,
-        auth: AuthArg,
+        auth: InviteAuth,
         expires: u64,
     ) -> Result<Box<dyn Job>> {
+        let shows_code = auth == InviteAuth::Code;
         let options = InviteOptions {
-            auth_code: auth == AuthArg::Code,
+            auth,
             multi_use: false,
             expires: Some(Duration::from_secs(expires)),
             ..InviteOptions::default()
@@ -276,7 +280,7 @@ impl Invite {
         out.note(&format!(
             "on the new device, with a new vault: `echodb device join {}`{}",
             hosted.code(),
-            if options.auth_code {
+            if shows_code {
                 "; the auth code appears here when it connects"
             } else {
                 ""
@@ -363,6 +367,8 @@ impl Job for Invite {
 pub struct Join {
     joining: Joining,
     auth_code: Option<String>,
+    secret: Option<String>,
+    method: Option<AuthMethod>,
     waiting_answer: bool,
     joined: Option<Space>,
     /// Once in sync: when to finish (a moment later, so the host sees this side in sync too).
@@ -381,6 +387,7 @@ impl Join {
         out: &mut Out,
         code: &str,
         auth_code: Option<String>,
+        secret: Option<String>,
         timeout: Duration,
     ) -> Result<Box<dyn Job>> {
         let (net, client) = ctx.online_with_client()?;
@@ -389,6 +396,8 @@ impl Join {
         Ok(Box::new(Self {
             joining,
             auth_code,
+            secret,
+            method: None,
             waiting_answer: false,
             joined: None,
             finish_at: None,
@@ -412,19 +421,35 @@ impl Job for Join {
         for event in net.poll_join(&ctx.client, &mut self.joining)? {
             match event {
                 JoinEvent::Connected => out.note("connected to the host"),
-                JoinEvent::AuthRequired { .. } => match self.auth_code.take() {
-                    Some(code) => net.answer(&self.joining, &code)?,
-                    None => {
-                        self.waiting_answer = true;
-                        input.prompt(out, "auth code (the host's user sees it):")?;
+                JoinEvent::AuthRequired { method } => {
+                    let (given, question) = if method == AuthMethod::SharedSecret {
+                        (self.secret.take(), "shared secret (agreed with the host):")
+                    } else {
+                        (
+                            self.auth_code.take(),
+                            "auth code (the host's user sees it):",
+                        )
+                    };
+                    match given {
+                        Some(answer) => net.answer(&self.joining, &answer)?,
+                        None => {
+                            self.waiting_answer = true;
+                            self.method = Some(method);
+                            input.prompt(out, question)?;
+                        }
                     }
-                },
+                }
                 JoinEvent::AuthFailed { attempts_left } => {
                     self.waiting_answer = true;
+                    let what = if self.method == Some(AuthMethod::SharedSecret) {
+                        "shared secret"
+                    } else {
+                        "auth code"
+                    };
                     input.prompt(
                         out,
                         &format!(
-                            "wrong auth code; {attempts_left} attempt{} left. auth code:",
+                            "wrong {what}; {attempts_left} attempt{} left. {what}:",
                             if attempts_left == 1 { "" } else { "s" }
                         ),
                     )?;
@@ -447,8 +472,14 @@ impl Job for Join {
                 self.finish_at = Some(Instant::now() + GUEST_LINGER);
             }
             if self.finish_at.is_some_and(|at| Instant::now() >= at) {
+                let from = match self.joining.joined_from() {
+                    Some(echodb::net::JoinedFrom::Snapshot { epoch, .. }) => {
+                        json!({ "epoch": epoch })
+                    }
+                    _ => json!("replay"),
+                };
                 out.event(
-                    json!({ "event": "joined", "space": space.key().to_string(), "name": space.name()?, "blocks": status.blocks }),
+                    json!({ "event": "joined", "space": space.key().to_string(), "name": space.name()?, "blocks": status.blocks, "from": from }),
                     &space.key().to_string(),
                 )?;
                 return Ok(true);
@@ -739,6 +770,67 @@ impl Job for DeviceJoin {
                 "{done}/{} spaces caught up…",
                 progress.spaces.len()
             ));
+        }
+        Ok(false)
+    }
+}
+
+// ---- space leave ----
+
+/// `echodb space leave`: writes the removal, waits until a member has it, then forgets.
+pub struct Leave {
+    leaving: Leaving,
+    deadline: Instant,
+    progress: Instant,
+}
+
+impl Leave {
+    /// Writes this identity's removal of itself and goes online to deliver it.
+    pub fn start(
+        ctx: &mut Ctx,
+        out: &mut Out,
+        space: &Space,
+        timeout: Duration,
+    ) -> Result<Box<dyn Job>> {
+        let (net, client) = ctx.online_with_client()?;
+        let leaving = net.leave_space(client, space)?;
+        out.note(&format!(
+            "left space {}; telling a member before forgetting it…",
+            space.key()
+        ));
+        Ok(Box::new(Self {
+            leaving,
+            deadline: Instant::now() + timeout,
+            progress: Instant::now() + PROGRESS,
+        }))
+    }
+}
+
+impl Job for Leave {
+    fn step(&mut self, ctx: &mut Ctx, out: &mut Out, _input: &mut dyn Input) -> Result<bool> {
+        let Some(net) = ctx.net.as_mut() else {
+            bail!("the network stopped");
+        };
+        let told = net.leave_delivered(&self.leaving);
+        if !told.is_empty() {
+            let space = self.leaving.space;
+            let dropped = net.forget_space(&ctx.client, space)?;
+            out.event(
+                json!({ "event": "left", "space": space.to_string(), "told": told.iter().map(ToString::to_string).collect::<Vec<_>>(), "blocks_dropped": dropped }),
+                &format!("left space {space}"),
+            )?;
+            return Ok(true);
+        }
+        if Instant::now() >= self.deadline {
+            bail!(
+                "left space {} but no member was reached to tell within the timeout, so the vault keeps it; run `echodb space leave {}` again while a member is online",
+                self.leaving.space,
+                self.leaving.space
+            );
+        }
+        if out.is_local() && Instant::now() >= self.progress {
+            self.progress = Instant::now() + PROGRESS;
+            out.note("looking for a member to tell…");
         }
         Ok(false)
     }

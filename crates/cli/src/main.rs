@@ -198,9 +198,16 @@ pub(crate) enum SpaceCommand {
         #[arg(long, value_enum, default_value_t = RoleArg::Editor)]
         role: RoleArg,
         /// How the guest proves it is the intended guest: a 6-digit code shown here and passed
-        /// on out of band, or nothing beyond holding the invite code.
+        /// on out of band, a secret agreed beforehand (--secret), a signature by the guest's
+        /// identity key (--guest-key), or nothing beyond holding the invite code.
         #[arg(long, value_enum, default_value_t = AuthArg::Code)]
         auth: AuthArg,
+        /// The shared secret, for `--auth secret`.
+        #[arg(long, value_name = "SECRET")]
+        secret: Option<String>,
+        /// The guest's identity key, for `--auth key`.
+        #[arg(long, value_name = "IDENTITY")]
+        guest_key: Option<String>,
         /// Admit several guests (until it expires); the command keeps running.
         #[arg(long)]
         multi_use: bool,
@@ -215,8 +222,20 @@ pub(crate) enum SpaceCommand {
         /// The 6-digit auth code the host's user tells you [default: asked on stdin].
         #[arg(long, value_name = "CODE")]
         auth_code: Option<String>,
+        /// The shared secret, when the host asks for one [default: asked on stdin].
+        #[arg(long, value_name = "SECRET")]
+        secret: Option<String>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Leave a space: this identity removes itself, tells a member, and the vault forgets
+    /// the space (its data blocks are dropped). Exits once a member has the removal.
+    Leave {
+        /// The space (its key, or a unique prefix of it).
+        space: String,
+        /// Give up after this many seconds (the space is then kept; run it again).
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
         timeout: u64,
     },
     /// Remove a member: its devices are no longer replicated with and its later writes are
@@ -279,6 +298,10 @@ pub(crate) enum RoleArg {
 pub(crate) enum AuthArg {
     /// A 6-digit code shown to the host's user.
     Code,
+    /// A secret both users agreed on beforehand (`--secret`).
+    Secret,
+    /// A signature by the guest's identity key (`--guest-key`); the guest's vault answers.
+    Key,
     /// Holding the invite code is enough.
     None,
 }
@@ -387,7 +410,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ECHODB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The WebRTC stack warns about routine ICE steps (no candidate pair yet while
+                // a connection forms); only its errors are worth a user's attention.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,webrtc_ice=error,webrtc=error")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

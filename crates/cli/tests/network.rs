@@ -697,3 +697,234 @@ fn a_new_device_joins_its_identity_and_every_space_and_writes_in_them() -> TestR
     );
     Ok(())
 }
+
+#[test]
+fn shared_secret_and_known_key_invitations_admit_only_the_intended_guest() -> TestResult {
+    let net = Net::start()?;
+    net.identity("alice")?;
+    net.identity("bob")?;
+    let carol = net.identity("carol")?;
+    net.identity("dave")?;
+    let space = net.ok("alice", &["space", "create", "--name", "s"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    let _alice = net.agent("alice")?;
+    let code_of = |invite: &mut Proc| -> Result<String, Box<dyn std::error::Error>> {
+        let code = invite.next_json()?;
+        assert_eq!(code["event"], "invitation", "{code}");
+        Ok(code["code"].as_str().ok_or("no code")?.to_owned())
+    };
+
+    // A shared secret: bob types a wrong one, then the right one.
+    let mut invite = net.spawn(
+        "alice",
+        &[
+            "space",
+            "invite",
+            &space,
+            "--auth",
+            "secret",
+            "--secret",
+            "blue heron",
+        ],
+        false,
+    )?;
+    let code = code_of(&mut invite)?;
+    let mut join = net.spawn("bob", &["space", "join", &code], true)?;
+    join.type_line("grey heron")?;
+    join.type_line("blue heron")?;
+    let joined = join.next_json()?;
+    assert_eq!(joined["event"], "joined", "{joined}; {}", join.stderr());
+    let (ok, err) = join.wait()?;
+    assert!(ok, "bob's join failed: {err}");
+    assert!(
+        err.contains("wrong shared secret"),
+        "bob was not told the first secret was wrong: {err}"
+    );
+    let hosted = invite.next_json()?;
+    assert_eq!(hosted["event"], "joined", "{hosted}");
+    invite.wait()?;
+
+    // A known key: carol's identity is named; dave's vault is refused, carol's answers itself.
+    let mut invite = net.spawn(
+        "alice",
+        &[
+            "space",
+            "invite",
+            &space,
+            "--auth",
+            "key",
+            "--guest-key",
+            &carol,
+        ],
+        false,
+    )?;
+    let code = code_of(&mut invite)?;
+    let mut wrong = net.spawn("dave", &["space", "join", &code, "--timeout", "20"], false)?;
+    let (ok, err) = wrong.wait()?;
+    assert!(!ok, "dave joined an invitation meant for carol");
+    assert!(err.contains("another identity's key"), "{err}");
+    assert!(
+        net.ok("dave", &["space", "list"])?.is_empty(),
+        "dave holds the space"
+    );
+    let mut join = net.spawn("carol", &["space", "join", &code], false)?;
+    let joined = join.next_json()?;
+    assert_eq!(joined["event"], "joined", "{joined}; {}", join.stderr());
+    assert_eq!(joined["space"], space.as_str());
+    join.wait()?;
+    let members = net.ok("alice", &["space", "members", &space])?;
+    assert!(members.iter().any(|m| m["identity"] == carol.as_str()));
+    assert_eq!(members.len(), 3, "{members:?}");
+    Ok(())
+}
+
+#[test]
+fn a_member_leaves_tells_the_others_and_forgets_the_space() -> TestResult {
+    let net = Net::start()?;
+    net.identity("alice")?;
+    let bob = net.identity("bob")?;
+    let space = net.ok("alice", &["space", "create", "--name", "club"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    let _alice = net.agent("alice")?;
+    let _bob = net.agent("bob")?;
+    net.invite("alice", "bob", &space)?;
+    net.ok(
+        "bob",
+        &[
+            "object",
+            "add",
+            &space,
+            "--type",
+            "task",
+            "title=before leaving",
+        ],
+    )?;
+    assert!(
+        eventually(|| Ok(net.tasks("alice", &space)?.len() == 1))?,
+        "alice did not get bob's task"
+    );
+    let left = net.ok("bob", &["space", "leave", &space])?;
+    let event = left.last().ok_or("no output")?;
+    assert_eq!(event["event"], "left", "{left:?}");
+    assert!(
+        event["told"].as_array().is_some_and(|t| !t.is_empty()),
+        "{event}"
+    );
+    assert!(
+        net.ok("bob", &["space", "list"])?.is_empty(),
+        "bob's vault still lists the space"
+    );
+    assert!(
+        eventually(|| Ok(!net
+            .ok("alice", &["space", "members", &space])?
+            .iter()
+            .any(|m| m["identity"] == bob.as_str())))?,
+        "alice still lists bob as a member"
+    );
+    // What bob wrote before leaving stays.
+    assert_eq!(net.tasks("alice", &space)?.len(), 1);
+    Ok(())
+}
+
+/// The next `watch` line about a task whose title is `title`, skipping others.
+fn watched(watch: &mut Proc, title: &str) -> Result<Value, Box<dyn std::error::Error>> {
+    loop {
+        let line = watch.next_json()?;
+        if line["object"]["value"]["title"] == title {
+            return Ok(line);
+        }
+    }
+}
+
+#[test]
+fn each_side_watches_the_other_sides_edits_as_the_quickstart_shows() -> TestResult {
+    let net = Net::start()?;
+    net.identity("alice")?;
+    net.identity("bob")?;
+    let space = net.ok("alice", &["space", "create", "--name", "groceries"])?[0]["space"]
+        .as_str()
+        .ok_or("no space key")?
+        .to_owned();
+    let _alice = net.agent("alice")?;
+    let _bob = net.agent("bob")?;
+    net.invite("alice", "bob", &space)?;
+    // Both watches go through their agents, as in the README.
+    let mut alice_watch = net.spawn("alice", &["watch", &space, "--type", "task"], false)?;
+    let mut bob_watch = net.spawn("bob", &["watch", &space, "--type", "task"], false)?;
+
+    let milk = net.ok(
+        "alice",
+        &[
+            "object",
+            "add",
+            &space,
+            "--type",
+            "task",
+            "title=milk",
+            "done=false",
+        ],
+    )?[0]["id"]
+        .as_str()
+        .ok_or("no id")?
+        .to_owned();
+    let seen = watched(&mut bob_watch, "milk")?;
+    assert_eq!(seen["event"], "added", "{seen}");
+    assert_eq!(seen["object"]["id"], milk.as_str());
+
+    net.ok("bob", &["object", "set", &space, &milk, "done=true"])?;
+    let seen = watched(&mut alice_watch, "milk")?;
+    // Alice's own add may come first; the update from bob follows.
+    let seen = if seen["event"] == "added" {
+        watched(&mut alice_watch, "milk")?
+    } else {
+        seen
+    };
+    assert_eq!(seen["event"], "updated", "{seen}");
+    assert_eq!(seen["object"]["value"]["done"], true);
+
+    net.ok(
+        "bob",
+        &["object", "add", &space, "--type", "task", "title=bread"],
+    )?;
+    let seen = watched(&mut alice_watch, "bread")?;
+    assert_eq!(seen["event"], "added", "{seen}");
+    assert_eq!(net.tasks("alice", &space)?, net.tasks("bob", &space)?);
+
+    // One text, written on both sides at once: both end with both insertions.
+    let note = net.ok("alice", &["text", "create", &space, "--parent", &milk])?[0]["id"]
+        .as_str()
+        .ok_or("no text id")?
+        .to_owned();
+    net.ok(
+        "alice",
+        &["text", "insert", &space, &note, "0", "semi-skimmed"],
+    )?;
+    let text = |vault: &str| -> Result<String, Box<dyn std::error::Error>> {
+        let got = net.ok(vault, &["text", "get", &space, &note])?;
+        Ok(got[0]["text"].as_str().unwrap_or_default().to_owned())
+    };
+    assert!(
+        eventually(|| Ok(text("bob")? == "semi-skimmed"))?,
+        "bob did not get alice's text"
+    );
+    net.ok("bob", &["text", "insert", &space, &note, "0", "2 l "])?;
+    // Alice appends at the end of what she holds (bob's insertion may or may not be there).
+    let end = text("alice")?.len().to_string();
+    net.ok(
+        "alice",
+        &["text", "insert", &space, &note, &end, ", organic"],
+    )?;
+    assert!(
+        eventually(|| Ok(
+            text("alice")? == "2 l semi-skimmed, organic" && text("bob")? == text("alice")?
+        ))?,
+        "the text did not converge: alice {:?}, bob {:?}",
+        text("alice")?,
+        text("bob")?
+    );
+    Ok(())
+}

@@ -504,6 +504,20 @@ impl Client {
             })
     }
 
+    /// The identity's own key pair, which only the device that created the identity holds
+    /// (for invitations that ask for a signature by it). The error says why it is missing.
+    pub(crate) fn identity_keypair(&self) -> Result<echodb_halo::KeyPair, String> {
+        let identity = self
+            .identity()
+            .ok_or_else(|| "this vault has no identity".to_owned())?;
+        self.keyring.get(&identity.identity).map_err(|e| {
+            format!(
+                "this vault's keyring does not hold identity key {} ({e}); answer from the device that created the identity",
+                identity.identity.short()
+            )
+        })
+    }
+
     /// This device signing for the identity (for credentials it writes, e.g. epochs).
     pub fn device_signer(&self) -> Result<DeviceSigner, SpaceError> {
         let identity = self.require_identity()?;
@@ -558,6 +572,54 @@ impl Client {
         }
         tracing::info!(space = %key.short(), "space joined");
         Ok(space)
+    }
+
+    /// Like [`Client::join_space`], for a space whose latest epoch's snapshot `cid` was
+    /// fetched and installed (`echodb_epoch::install_snapshot`): opens it from the snapshot,
+    /// so only the blocks after its cut are replicated and replayed.
+    pub(crate) fn join_space_from_snapshot(
+        &self,
+        key: PublicKey,
+        genesis_feed: PublicKey,
+        keys: FeedKeys,
+        cid: echodb_feed_store::Cid,
+    ) -> Result<Space, SpaceError> {
+        self.require_identity()?;
+        let inner = echodb_echo::Space::join_from_snapshot(
+            self.store.clone(),
+            key,
+            genesis_feed,
+            keys,
+            cid,
+        )
+        .map_err(|source| SpaceError::Open {
+            space: key,
+            source: Box::new(source),
+        })?;
+        let space = Space::new(inner);
+        self.cache().insert(key, space.clone());
+        if self.identity().is_some_and(|i| i.halo_space != key) {
+            self.record_space_in_halo(&space)?;
+        }
+        tracing::info!(space = %key.short(), snapshot = %cid, "space joined from its latest epoch's snapshot");
+        Ok(space)
+    }
+
+    /// Forgets a space (after leaving it, see `Network::leave_space`): it is no longer listed
+    /// or opened, and the blocks of its data feeds are dropped. Returns the blocks dropped.
+    pub(crate) fn forget_space(&self, key: PublicKey) -> Result<u64, SpaceError> {
+        let space = self.space(key)?;
+        let data_feeds: Vec<PublicKey> = space
+            .inner()?
+            .halo()
+            .feeds()
+            .into_iter()
+            .filter(|f| f.designation == echodb_halo::Designation::Data)
+            .map(|f| f.feed)
+            .collect();
+        drop(space);
+        self.cache().remove(&key);
+        echodb_echo::Space::forget(&self.store, &key, &data_feeds).map_err(SpaceError::Storage)
     }
 
     /// The space whose key is `text` or starts with it (hex, case-insensitive).

@@ -159,6 +159,9 @@ pub enum SpaceError {
         /// The space.
         space: PublicKey,
     },
+    /// The async [`crate::Vault`]'s worker thread has stopped.
+    #[error(transparent)]
+    Closed(#[from] crate::handle::Closed),
 }
 
 /// Why reading or writing an object failed (the space is unchanged).

@@ -38,15 +38,17 @@
 //! [`Client::open`] takes the store's lock first and fails at once with
 //! [`OpenError::Locked`], naming the process that holds it, rather than waiting.
 //!
-//! # Synchronous by design
+//! # Synchronous core, async facade
 //!
 //! Every call is local work that completes in bounded time — RocksDB reads, synced appends,
-//! CRDT merges — and never waits on a peer, so the API is synchronous and needs no runtime.
-//! A [`Space`] is cheap to clone (clones share one open space) but not `Send`: the CRDT
-//! documents behind it are single-threaded, so a client lives on one thread, and an async
-//! application gives it a dedicated thread (or a `LocalSet`) and talks to it over a channel.
-//! Live queries are polled ([`Space::poll_events`]) rather than pushed, so the caller picks
-//! the pace.
+//! CRDT merges — and never waits on a peer, so the [`Client`] API is synchronous and needs no
+//! runtime. A [`Space`] is cheap to clone (clones share one open space) but not `Send`: the CRDT
+//! documents behind it are single-threaded, so a client lives on one thread. Live queries are
+//! polled ([`Space::poll_events`]) rather than pushed, so the caller picks the pace.
+//!
+//! Async applications use [`Vault`] (module [`handle`]): it keeps the client and its network
+//! on a worker thread, runs each call there (`vault.call(|v| …).await`), applies what peers
+//! send between calls, and turns live queries into streams ([`Vault::live_query`]).
 //!
 //! # Networking
 //!
@@ -58,11 +60,13 @@
 
 mod client;
 mod error;
+pub mod handle;
 pub mod net;
 mod space;
 
 pub use client::{Client, IdentityInfo, KEYRING_DIR, STORE_DIR, SpaceInfo};
 pub use error::{Error, IdentityError, NetError, ObjectError, OpenError, SpaceError};
+pub use handle::{LiveQuery, Vault, VaultState};
 pub use net::{NetConfig, Network, SyncStatus};
 pub use space::{EpochSummary, FeedStatus, PROPERTIES_TYPE, Space, TEXT_TYPE};
 

@@ -29,7 +29,12 @@ use crate::error::NetError;
 use crate::space::Space;
 
 mod device;
+mod leave;
+pub use leave::Leaving;
+mod join;
+
 pub use device::{DeviceProgress, DeviceSpace};
+pub use join::JoinedFrom;
 
 /// How a vault goes online.
 #[derive(Debug, Clone)]
@@ -180,10 +185,25 @@ pub struct Joining {
     code: InviteCode,
     /// A device invitation (this vault becomes a device of the host's identity).
     for_device: bool,
+    /// What the host asked for, once it asked.
+    method: Option<AuthMethod>,
     keys: echodb_echo::FeedKeys,
     guest: GuestKeys,
     updates: mpsc::Receiver<GuestUpdate>,
     answers: mpsc::Sender<Answer>,
+    /// After a space invitation's welcome: the space being fetched (control feeds, then the
+    /// latest epoch's snapshot) before it opens.
+    fetching: Option<join::Fetching>,
+    /// How the space was opened, once it was.
+    joined_from: Option<JoinedFrom>,
+}
+
+impl Joining {
+    /// How the joined space was opened (from the latest epoch's snapshot, or by replaying
+    /// every block), once [`JoinEvent::Joined`] came.
+    pub fn joined_from(&self) -> Option<JoinedFrom> {
+        self.joined_from
+    }
 }
 
 /// What happened to a join (from [`Network::poll_join`]).
@@ -219,13 +239,37 @@ pub enum JoinEvent {
     },
 }
 
+/// How a guest proves it is the intended guest, beyond holding the invite code.
+#[derive(Clone, PartialEq, Eq)]
+pub enum InviteAuth {
+    /// Holding the invite code is enough.
+    None,
+    /// A 6-digit code, shown to the host's user when the guest connects, that the guest types.
+    Code,
+    /// A secret the two users agreed on beforehand (at most 3 wrong answers).
+    SharedSecret(String),
+    /// A signature by this key: the guest's identity key, which its vault holds.
+    KnownKey(PublicKey),
+}
+
+impl std::fmt::Debug for InviteAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InviteAuth::None => f.write_str("None"),
+            InviteAuth::Code => f.write_str("Code"),
+            InviteAuth::SharedSecret(_) => f.write_str("SharedSecret(..)"),
+            InviteAuth::KnownKey(key) => write!(f, "KnownKey({})", key.short()),
+        }
+    }
+}
+
 /// How an invitation should work.
 #[derive(Debug, Clone)]
 pub struct InviteOptions {
     /// The role the guest gets.
     pub role: Role,
-    /// Ask the guest for a 6-digit code shown here (else holding the code is enough).
-    pub auth_code: bool,
+    /// How the guest proves it is the intended guest.
+    pub auth: InviteAuth,
     /// Admit several guests.
     pub multi_use: bool,
     /// Expire after this long.
@@ -236,7 +280,7 @@ impl Default for InviteOptions {
     fn default() -> Self {
         Self {
             role: Role::Editor,
-            auth_code: true,
+            auth: InviteAuth::Code,
             multi_use: false,
             expires: Some(Duration::from_secs(24 * 60 * 60)),
         }
@@ -297,10 +341,20 @@ impl Network {
         this.track(&halo, None)?;
         for key in client.space_keys().map_err(NetError::Space)? {
             let space = client.open_any_space(key).map_err(NetError::Space)?;
-            // Spaces made before the identity recorded its spaces in the HALO space.
-            client
-                .record_space_in_halo(&space)
-                .map_err(NetError::Space)?;
+            // Spaces made before the identity recorded its spaces in the HALO space (not
+            // those it left and has not forgotten yet).
+            let left = space
+                .inner()
+                .map_err(NetError::Space)?
+                .halo()
+                .removed()
+                .iter()
+                .any(|r| r.member == identity.identity);
+            if !left {
+                client
+                    .record_space_in_halo(&space)
+                    .map_err(NetError::Space)?;
+            }
             let bootstrap = this.own_devices_bootstrap(client, &space)?;
             this.track(&space, bootstrap)?;
         }
@@ -520,10 +574,13 @@ impl Network {
             .collect();
         let spec = InvitationSpec {
             kind,
-            auth: if options.auth_code {
-                AuthSpec::AuthCode
-            } else {
-                AuthSpec::None
+            auth: match &options.auth {
+                InviteAuth::None => AuthSpec::None,
+                InviteAuth::Code => AuthSpec::AuthCode,
+                InviteAuth::SharedSecret(secret) => {
+                    AuthSpec::SharedSecret(secret.as_bytes().to_vec())
+                }
+                InviteAuth::KnownKey(key) => AuthSpec::KnownPublicKey(*key),
             },
             uses: if options.multi_use {
                 Uses::Multi { max: None }
@@ -644,16 +701,28 @@ impl Network {
         Ok(Joining {
             code,
             for_device,
+            method: None,
             keys,
             guest,
+            fetching: None,
+            joined_from: None,
             updates: handle.updates,
             answers: handle.answers,
         })
     }
 
-    /// Gives the host the answer it asked for.
+    /// Gives the host the answer it asked for: the auth code, or the shared secret.
     pub fn answer(&self, joining: &Joining, answer: &str) -> Result<(), NetError> {
-        let answer = Answer::AuthCode(answer.trim().to_owned());
+        let answer = match joining.method {
+            Some(AuthMethod::SharedSecret) => {
+                Answer::SharedSecret(answer.trim_end_matches(['\r', '\n']).as_bytes().to_vec())
+            }
+            _ => Answer::AuthCode(answer.trim().to_owned()),
+        };
+        self.send_answer(joining, answer)
+    }
+
+    fn send_answer(&self, joining: &Joining, answer: Answer) -> Result<(), NetError> {
         self.runtime
             .block_on(joining.answers.send(answer))
             .map_err(|_| NetError::Invite {
@@ -672,8 +741,35 @@ impl Network {
         while let Ok(update) = joining.updates.try_recv() {
             match update {
                 GuestUpdate::Connected => events.push(JoinEvent::Connected),
+                GuestUpdate::AuthRequired {
+                    method: AuthMethod::KnownPublicKey,
+                } => {
+                    // Answered here: a signature by this vault's identity key.
+                    joining.method = Some(AuthMethod::KnownPublicKey);
+                    match client.identity_keypair() {
+                        Ok(key) => self.send_answer(joining, Answer::KnownKey(Box::new(key)))?,
+                        Err(reason) => events.push(JoinEvent::Failed {
+                            error: format!(
+                                "invitation {}: the host asks for a signature by the guest's identity key, and {reason}",
+                                joining.code.id()
+                            ),
+                        }),
+                    }
+                }
                 GuestUpdate::AuthRequired { method } => {
+                    joining.method = Some(method);
                     events.push(JoinEvent::AuthRequired { method });
+                }
+                GuestUpdate::AuthFailed { .. }
+                    if joining.method == Some(AuthMethod::KnownPublicKey) =>
+                {
+                    events.push(JoinEvent::Failed {
+                        error: format!(
+                            "invitation {}: the host expects a signature by another identity's key than this vault's ({}); ask the host to invite this identity",
+                            joining.code.id(),
+                            self.identity.map(|i| i.short()).unwrap_or_default()
+                        ),
+                    });
                 }
                 GuestUpdate::AuthFailed { attempts_left } => {
                     events.push(JoinEvent::AuthFailed { attempts_left });
@@ -702,13 +798,14 @@ impl Network {
                             .chain([joining.guest.control_feed, joining.guest.data_feed])
                             .collect(),
                     );
-                    let space = client
-                        .join_space(space_key, genesis, joining.keys.clone())
-                        .map_err(NetError::Space)?;
-                    self.track(&space, Some(trusted))?;
-                    events.push(JoinEvent::Joined(space));
+                    // The space opens once its control feeds (and its latest epoch's snapshot,
+                    // if any) are here: `step_fetching`.
+                    self.start_fetching(joining, space_key, genesis, welcome.host_device, trusted)?;
                 }
             }
+        }
+        if let Some(event) = self.step_fetching(client, joining)? {
+            events.push(event);
         }
         Ok(events)
     }
