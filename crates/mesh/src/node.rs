@@ -685,10 +685,13 @@ struct Shared {
     board: StatusBoard,
     config: NodeConfig,
     /// The running sessions, each with the switch that ends it (overlay rotation).
-    running: Arc<std::sync::Mutex<HashMap<(PeerId, DiscoveryKey), watch::Sender<bool>>>>,
+    running: Arc<std::sync::Mutex<HashMap<SessionKey, watch::Sender<bool>>>>,
     /// Sessions ended by rotation, not taken back before the instant given.
-    cooling: Arc<std::sync::Mutex<HashMap<(PeerId, DiscoveryKey), Instant>>>,
+    cooling: Arc<std::sync::Mutex<HashMap<SessionKey, Instant>>>,
 }
+
+/// A session: the peer and the space's discovery key.
+type SessionKey = (PeerId, DiscoveryKey);
 
 fn control_of(shared: &Shared) -> libp2p_stream::Control {
     shared.control.clone()
