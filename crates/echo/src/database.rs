@@ -217,6 +217,9 @@ pub(crate) struct Touched {
     at: HashMap<ObjectId, usize>,
 }
 
+/// Spare [`Touched`] room kept between commits at most (entries).
+const SPARE_TOUCHED: usize = 4_096;
+
 impl Touched {
     fn state(&mut self, db: &Database, id: ObjectId) -> &mut TouchState {
         self.state_with(db, id, false)
@@ -296,6 +299,9 @@ pub struct Database {
     /// Indexes are not kept current (a replay fills the database and builds them in bulk at
     /// the end, see [`Database::defer_indexes`]); queries must not run meanwhile.
     indexes_deferred: bool,
+    /// The emptied [`Touched`] of the last commit, kept for the next: its room was written
+    /// already, so a block of thousands of objects does not fault in fresh pages each time.
+    spare_touched: Touched,
 }
 
 /// How yrs splits blocks depends on the order updates arrived in; integrating the whole state
@@ -393,6 +399,7 @@ impl Database {
             subscriptions: Subscriptions::default(),
             config,
             indexes_deferred: false,
+            spare_touched: Touched::default(),
         }
     }
 
@@ -471,7 +478,7 @@ impl Database {
                 }
             }
         }
-        let mut touched = Touched::default();
+        let mut touched = self.touched(ops.len());
         let mut report = ApplyReport::default();
         for (index, (id, op)) in ops.into_iter().enumerate() {
             let Ok(index32) = u32::try_from(index) else {
@@ -719,9 +726,26 @@ impl Database {
     }
 
     /// Re-reads changed objects, updates the indexes and subscriptions; the changes in order.
-    pub(crate) fn finish(&mut self, touched: Touched) -> Vec<Change> {
+    pub(crate) fn finish(&mut self, mut touched: Touched) -> Vec<Change> {
+        let changes = self.finish_states(&mut touched);
+        if touched.states.capacity() <= SPARE_TOUCHED {
+            touched.at.clear();
+            self.spare_touched = touched;
+        }
+        changes
+    }
+
+    /// An empty [`Touched`] with room for `objects` objects, reusing the last one's room.
+    pub(crate) fn touched(&mut self, objects: usize) -> Touched {
+        let mut touched = std::mem::take(&mut self.spare_touched);
+        touched.states.reserve(objects);
+        touched.at.reserve(objects);
+        touched
+    }
+
+    fn finish_states(&mut self, touched: &mut Touched) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (id, state) in touched.states {
+        for (id, state) in touched.states.drain(..) {
             let Some(state) = state else {
                 continue;
             };

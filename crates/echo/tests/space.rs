@@ -12,12 +12,13 @@ use echodb_echo::{
 };
 use echodb_feed_store::{FeedStore, StoreOptions};
 use echodb_halo::{
-    Assertion, Claim, Credential, Cutoffs, Designation, KeyPair, Keyring, PublicKey, Refusal, Role,
-    Seq, Signer as _, Timeframe, Timestamp,
+    Assertion, Cutoffs, KeyPair, Keyring, PublicKey, Refusal, Role, Seq, Signer as _, Timeframe,
 };
 use echodb_proto::Message as _;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+mod common;
+
+use common::{Member, Rng, TestResult, admit, issue, ranges};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Task {
@@ -33,95 +34,6 @@ fn task(title: &str) -> Task {
     Task {
         title: title.into(),
         done: false,
-    }
-}
-
-/// A member device: identity key (issues credentials itself), device key, feed keys.
-struct Member {
-    identity: KeyPair,
-    device: KeyPair,
-    keys: FeedKeys,
-}
-
-impl Member {
-    fn new() -> Self {
-        Self {
-            identity: KeyPair::generate(),
-            device: KeyPair::generate(),
-            keys: FeedKeys::generate(None).unwrap(),
-        }
-    }
-}
-
-fn issue(
-    space: PublicKey,
-    issuer: &KeyPair,
-    subject: PublicKey,
-    assertion: Assertion,
-) -> Credential {
-    Claim {
-        space,
-        issuer: issuer.public_key(),
-        subject,
-        issued_at: Timestamp(u64::from(subject.as_bytes()[0])),
-        parents: vec![],
-        assertion,
-    }
-    .sign(issuer)
-}
-
-/// `owner` admits `member` with `role` and its two feeds.
-fn admit(space: &mut Space, owner: &KeyPair, member: &Member, role: Role) -> TestResult {
-    let key = space.key();
-    let who = member.identity.public_key();
-    space.write_credential(&issue(key, owner, who, Assertion::SpaceMember { role }))?;
-    for (feed, designation) in [
-        (member.keys.control.public_key(), Designation::Control),
-        (member.keys.data.public_key(), Designation::Data),
-    ] {
-        let admitted = Assertion::AdmittedFeed {
-            designation,
-            identity: who,
-            device: member.device.public_key(),
-        };
-        space.write_credential(&issue(key, owner, feed, admitted))?;
-    }
-    Ok(())
-}
-
-/// Every signed range `from` holds, as single-append ranges.
-fn ranges(from: &FeedStore) -> Vec<echodb_proto::feed::SignedRange> {
-    let mut out = Vec::new();
-    for (feed, last) in from.heads().iter() {
-        let mut seq = 0;
-        while seq <= last.0 {
-            let range = from
-                .signed_range(feed, Seq(seq), 1, 1 << 20)
-                .unwrap()
-                .unwrap();
-            seq += range.blocks.len() as u64;
-            out.push(range);
-        }
-    }
-    out
-}
-
-/// Small deterministic generator for delivery orders.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
     }
 }
 
@@ -201,7 +113,7 @@ fn local_write_is_read_at_once_and_its_block_changes_nothing_later() -> TestResu
 fn replicated_blocks_flow_like_local_ones_and_fire_subscriptions() -> TestResult {
     let store_a = Arc::new(FeedStore::in_memory());
     let (mut a, owner) = owner_space(store_a.clone());
-    let bob = Member::new();
+    let bob = Member::generate();
     admit(&mut a, &owner, &bob, Role::Editor)?;
     let store_b = Arc::new(FeedStore::in_memory());
     let mut b = Space::join(store_b.clone(), a.key(), a.genesis_feed(), bob.keys.clone())?;
@@ -235,8 +147,8 @@ fn replicated_blocks_flow_like_local_ones_and_fire_subscriptions() -> TestResult
 fn refused_blocks_are_recorded_and_never_applied() -> TestResult {
     let store_a = Arc::new(FeedStore::in_memory());
     let (mut a, owner) = owner_space(store_a.clone());
-    let early = Member::new();
-    let reader = Member::new();
+    let early = Member::generate();
+    let reader = Member::generate();
 
     // A data block written before its writer saw its admission: not admitted in its past.
     let mut scratch = Database::new(early.keys.data.public_key());
@@ -314,7 +226,7 @@ fn refused_blocks_are_recorded_and_never_applied() -> TestResult {
 fn a_malformed_block_does_not_stop_later_blocks() -> TestResult {
     let store_a = Arc::new(FeedStore::in_memory());
     let (mut a, owner) = owner_space(store_a.clone());
-    let bob = Member::new();
+    let bob = Member::generate();
     admit(&mut a, &owner, &bob, Role::Editor)?;
     let store_b = Arc::new(FeedStore::in_memory());
     let mut b = Space::join(store_b.clone(), a.key(), a.genesis_feed(), bob.keys.clone())?;
@@ -351,7 +263,7 @@ fn removal_scenario(seed: u64) -> TestResult {
     let mut rng = Rng(seed);
     let store_a = Arc::new(FeedStore::in_memory());
     let (mut a, owner) = owner_space(store_a.clone());
-    let bob = Member::new();
+    let bob = Member::generate();
     admit(&mut a, &owner, &bob, Role::Editor)?;
     let (doc, _) = a.write(|batch| {
         let doc = batch.create("test.Doc", TextModel::KIND, None)?;
@@ -564,7 +476,7 @@ fn the_change_stream_resumes_from_a_stored_cursor_after_a_restart() -> TestResul
 fn the_change_stream_reports_objects_a_removal_rebuilt() -> TestResult {
     let store_a = Arc::new(FeedStore::in_memory());
     let (mut a, owner) = owner_space(store_a.clone());
-    let bob = Member::new();
+    let bob = Member::generate();
     admit(&mut a, &owner, &bob, Role::Editor)?;
     let store_b = Arc::new(FeedStore::in_memory());
     let mut b = Space::join(store_b.clone(), a.key(), a.genesis_feed(), bob.keys.clone())?;

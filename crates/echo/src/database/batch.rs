@@ -5,19 +5,46 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use echodb_proto::db::{self as pb, Mutation, Mutations, mutation};
+use yrs::encoding::write::Write as _;
 use yrs::{Transact as _, TransactionMut};
 
 use crate::database::record::client_id_of;
-use crate::database::{BlockOrigin, Change, Database, ObjectType, Op, Touched};
+use crate::database::{BlockOrigin, Change, Database, ObjectType, Op};
 use crate::error::{CommitError, WriteError};
-use crate::id::ObjectId;
+use crate::id::{OBJECT_ID_LEN, ObjectId};
 use crate::model::{
     CounterModel, CounterOp, Model, ModelError, ObjectModel, ObjectOp, TextModel, TextOp,
     same_value,
 };
 use crate::value::Value;
 
-type Edit = Box<dyn FnOnce(&mut TransactionMut<'_>) -> Result<(), ModelError>>;
+/// Any model's operation, applied to its object's document.
+type ModelEdit = Box<dyn FnOnce(&mut TransactionMut<'_>) -> Result<(), ModelError>>;
+
+/// Top-level fields of an `object` set to a value (`Some`) or removed (`None`), in order.
+type FieldSets = Vec<(String, Option<Value>)>;
+
+/// A staged model operation: an `object` operation as is (the common case, without a boxed
+/// closure per operation), or any model's operation as a closure.
+enum Edit {
+    Object(ObjectOp),
+    Model(ModelEdit),
+}
+
+impl Edit {
+    /// Applies the operation; returns the top-level fields it sets or removes, when that is
+    /// all it does (see [`top_level_sets`]): the object's new value then needs no
+    /// materialization.
+    fn apply(self, txn: &mut TransactionMut<'_>) -> Result<Option<FieldSets>, ModelError> {
+        match self {
+            Self::Object(op) => {
+                ObjectModel::apply_op(txn, &op)?;
+                Ok(top_level_sets(op))
+            }
+            Self::Model(edit) => edit(txn).map(|()| None),
+        }
+    }
+}
 
 enum Staged {
     Create {
@@ -29,9 +56,6 @@ enum Staged {
     Edit {
         id: ObjectId,
         edit: Edit,
-        /// The top-level fields of an `object` the edit sets (`Some`) or removes (`None`), when
-        /// that is all it does: the object's new value then needs no materialization.
-        sets: Option<Vec<(String, Option<Value>)>>,
     },
     SetParent {
         id: ObjectId,
@@ -43,6 +67,95 @@ enum Staged {
     Restore {
         id: ObjectId,
     },
+}
+
+impl Staged {
+    fn id(&self) -> ObjectId {
+        match self {
+            Self::Create { id, .. }
+            | Self::Edit { id, .. }
+            | Self::SetParent { id, .. }
+            | Self::Delete { id }
+            | Self::Restore { id } => *id,
+        }
+    }
+}
+
+/// Encodes a transaction's update byte for byte as `TransactionMut::encode_update_v1` does,
+/// appending to a buffer shared by a whole commit. yrs's own encoder starts each update with a
+/// 1 KiB buffer: for a field set of a few dozen bytes that allocation cost more than the
+/// encoding (a request that size makes glibc consolidate its free lists), and the block's
+/// mutations kept every buffer alive.
+struct UpdateEncoder<'a>(&'a mut Vec<u8>);
+
+impl yrs::encoding::write::Write for UpdateEncoder<'_> {
+    fn write_all(&mut self, buf: &[u8]) {
+        self.0.extend_from_slice(buf);
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+}
+
+impl yrs::updates::encoder::Encoder for UpdateEncoder<'_> {
+    fn to_vec(self) -> Vec<u8> {
+        std::mem::take(self.0)
+    }
+
+    fn reset_ds_cur_val(&mut self) {}
+
+    fn write_ds_clock(&mut self, clock: u32) {
+        self.write_var(clock);
+    }
+
+    fn write_ds_len(&mut self, len: u32) {
+        self.write_var(len);
+    }
+
+    fn write_left_id(&mut self, id: &yrs::ID) {
+        self.write_var(id.client.get());
+        self.write_var(id.clock);
+    }
+
+    fn write_right_id(&mut self, id: &yrs::ID) {
+        self.write_var(id.client.get());
+        self.write_var(id.clock);
+    }
+
+    fn write_client(&mut self, client: yrs::ClientID) {
+        self.write_var(client.get());
+    }
+
+    fn write_info(&mut self, info: u8) {
+        self.write_u8(info);
+    }
+
+    fn write_parent_info(&mut self, is_y_key: bool) {
+        self.write_var(u32::from(is_y_key));
+    }
+
+    fn write_type_ref(&mut self, info: u8) {
+        self.write_u8(info);
+    }
+
+    fn write_len(&mut self, len: u32) {
+        self.write_var(len);
+    }
+
+    fn write_any(&mut self, any: &yrs::Any) {
+        any.encode(self);
+    }
+
+    fn write_json(&mut self, any: &yrs::Any) {
+        let mut buf = String::new();
+        any.to_json(&mut buf);
+        self.write_string(&buf);
+    }
+
+    fn write_key(&mut self, key: &str) {
+        self.write_string(key);
+    }
 }
 
 /// How the batch sees an object: the database's state with the batch's own staged changes.
@@ -105,17 +218,15 @@ fn to_fields(
 /// (`None`), when that is all it does. A local write's value is the one read back: the new
 /// entry of a map key wins over every entry the document holds, and `Patch` diffs nested maps
 /// and lists until they equal the given ones.
-fn top_level_sets(op: &ObjectOp) -> Option<Vec<(String, Option<Value>)>> {
+fn top_level_sets(op: ObjectOp) -> Option<FieldSets> {
     let top = |path: &str| !path.is_empty() && !path.contains('.');
     match op {
-        ObjectOp::Set { path, value } if top(path) => {
-            Some(vec![(path.clone(), Some(value.clone()))])
-        }
-        ObjectOp::Remove { path } if top(path) => Some(vec![(path.clone(), None)]),
+        ObjectOp::Set { path, value } if top(&path) => Some(vec![(path, Some(value))]),
+        ObjectOp::Remove { path } if top(&path) => Some(vec![(path, None)]),
         ObjectOp::Patch { set, remove } => Some(
-            set.iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .chain(remove.iter().map(|k| (k.clone(), None)))
+            set.into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .chain(remove.into_iter().map(|k| (k, None)))
                 .collect(),
         ),
         _ => None,
@@ -154,7 +265,11 @@ impl<'db> Batch<'db> {
         Ok(seen)
     }
 
-    fn check_refs(&self, id: ObjectId, values: &[&Value]) -> Result<(), WriteError> {
+    fn check_refs<'v>(
+        &self,
+        id: ObjectId,
+        values: impl IntoIterator<Item = &'v Value>,
+    ) -> Result<(), WriteError> {
         let mut targets = Vec::new();
         for v in values {
             v.collect_refs(&mut targets);
@@ -248,45 +363,49 @@ impl<'db> Batch<'db> {
     where
         M::Op: 'static,
     {
-        self.edit_with::<M>(id, op, None)
-    }
-
-    fn edit_with<M: Model>(
-        &mut self,
-        id: ObjectId,
-        op: M::Op,
-        sets: Option<Vec<(String, Option<Value>)>>,
-    ) -> Result<(), WriteError>
-    where
-        M::Op: 'static,
-    {
-        let seen = self.live(id)?;
-        if &*seen.model != M::KIND {
-            return Err(WriteError::ModelMismatch {
-                id,
-                expected: M::KIND.to_owned(),
-                found: seen.model.to_string(),
-            });
-        }
+        self.check_model(id, M::KIND)?;
         self.staged.push(Staged::Edit {
             id,
-            edit: Box::new(move |txn| M::apply_op(txn, &op)),
-            sets,
+            edit: Edit::Model(Box::new(move |txn| M::apply_op(txn, &op))),
         });
+        Ok(())
+    }
+
+    /// Refuses an edit of `id` unless it is live and of model `kind`.
+    fn check_model(&self, id: ObjectId, kind: &str) -> Result<(), WriteError> {
+        let model = match self.overlay.get(&id) {
+            Some(seen) if !seen.deleted => &seen.model,
+            Some(_) => return Err(WriteError::Deleted { id }),
+            None => match self.db.objects.get(&id) {
+                Some(r) if !r.deleted.value => &r.model,
+                Some(_) => return Err(WriteError::Deleted { id }),
+                None => return Err(WriteError::UnknownObject { id }),
+            },
+        };
+        if &**model != kind {
+            return Err(WriteError::ModelMismatch {
+                id,
+                expected: kind.to_owned(),
+                found: model.to_string(),
+            });
+        }
         Ok(())
     }
 
     /// Applies an `object` operation, checking the references it writes.
     pub fn edit_object(&mut self, id: ObjectId, op: ObjectOp) -> Result<(), WriteError> {
-        let values: Vec<&Value> = match &op {
-            ObjectOp::Set { value, .. } => vec![value],
-            ObjectOp::ListInsert { values, .. } => values.iter().collect(),
-            ObjectOp::Patch { set, .. } => set.values().collect(),
-            ObjectOp::Remove { .. } | ObjectOp::ListRemove { .. } => Vec::new(),
-        };
-        self.check_refs(id, &values)?;
-        let sets = top_level_sets(&op);
-        self.edit_with::<ObjectModel>(id, op, sets)
+        match &op {
+            ObjectOp::Set { value, .. } => self.check_refs(id, [value])?,
+            ObjectOp::ListInsert { values, .. } => self.check_refs(id, values)?,
+            ObjectOp::Patch { set, .. } => self.check_refs(id, set.values())?,
+            ObjectOp::Remove { .. } | ObjectOp::ListRemove { .. } => {}
+        }
+        self.check_model(id, ObjectModel::KIND)?;
+        self.staged.push(Staged::Edit {
+            id,
+            edit: Edit::Object(op),
+        });
+        Ok(())
     }
 
     /// Sets the field at a dotted path of an `object` (untyped access).
@@ -318,8 +437,7 @@ impl<'db> Batch<'db> {
     ) -> Result<ObjectId, WriteError> {
         let fields = to_fields(T::TYPE_NAME, value)?;
         let id = ObjectId::random();
-        let refs: Vec<&Value> = fields.values().collect();
-        self.check_refs(id, &refs)?;
+        self.check_refs(id, fields.values())?;
         self.create_with_id(id, T::TYPE_NAME, ObjectModel::KIND, parent)?;
         self.edit::<ObjectModel>(
             id,
@@ -446,10 +564,22 @@ impl<'db> Batch<'db> {
                 given: origin.feed,
             });
         }
-        let mut mutations = Vec::new();
+        let mut mutations = Vec::with_capacity(staged.len());
         let mut skipped = Vec::new();
-        let mut touched = Touched::default();
-        for op in staged {
+        let mut touched = db.touched(staged.len());
+        // Every mutation's object id, sliced out of one buffer (one allocation per block
+        // instead of one per mutation).
+        let ids = Bytes::from(
+            staged
+                .iter()
+                .flat_map(|op| *op.id().as_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        // Every update, encoded into one buffer; each mutation gets its slice at the end.
+        let mut updates = Vec::with_capacity(staged.len() * 32);
+        let mut update_ranges = Vec::new();
+        for (at, op) in staged.into_iter().enumerate() {
+            let object_id = ids.slice(at * OBJECT_ID_LEN..(at + 1) * OBJECT_ID_LEN);
             let index = u32::try_from(mutations.len()).unwrap_or(u32::MAX);
             let stamp = origin.stamp(index);
             let (id, pb_op, op) = match op {
@@ -471,7 +601,7 @@ impl<'db> Batch<'db> {
                         parent,
                     },
                 ),
-                Staged::Edit { id, edit, sets } => {
+                Staged::Edit { id, edit } => {
                     touched.state(db, id);
                     let client = client_id_of(&db.writer);
                     let Some(doc) = db.docs.hydrate(&mut db.objects, id, client) else {
@@ -479,20 +609,25 @@ impl<'db> Batch<'db> {
                         continue;
                     };
                     let mut txn = doc.transact_mut();
-                    if let Err(source) = edit(&mut txn) {
-                        drop(txn);
-                        // Models change nothing when they refuse; were one to, the document
-                        // must still be encoded whole when evicted.
-                        db.docs.note_update(&id, None);
-                        skipped.push(WriteError::Model { id, source });
-                        continue;
-                    }
+                    let sets = match edit.apply(&mut txn) {
+                        Ok(sets) => sets,
+                        Err(source) => {
+                            drop(txn);
+                            // Models change nothing when they refuse; were one to, the document
+                            // must still be encoded whole when evicted.
+                            db.docs.note_update(&id, None);
+                            skipped.push(WriteError::Model { id, source });
+                            continue;
+                        }
+                    };
                     if !txn.has_changes() {
                         continue;
                     }
-                    let update = txn.encode_update_v1();
+                    let start = updates.len();
+                    txn.encode_update(&mut UpdateEncoder(&mut updates));
                     drop(txn);
-                    db.docs.note_update(&id, Some(&update));
+                    let update = start..updates.len();
+                    db.docs.note_update(&id, Some(&updates[update.clone()]));
                     let state = touched.state(db, id);
                     state.content = true;
                     if state.decoded.take().is_some() {
@@ -503,10 +638,11 @@ impl<'db> Batch<'db> {
                         Some(sets) if !state.whole => state.sets.extend(sets),
                         _ => state.whole = true,
                     }
+                    update_ranges.push((mutations.len(), update));
                     mutations.push(Mutation {
-                        object_id: Bytes::copy_from_slice(id.as_bytes()),
+                        object_id,
                         op: Some(mutation::Op::Update(pb::Update {
-                            update: Bytes::from(update),
+                            update: Bytes::new(),
                         })),
                     });
                     continue;
@@ -523,7 +659,7 @@ impl<'db> Batch<'db> {
             };
             match db.apply_op(id, stamp, op, &mut touched) {
                 Ok(_) => mutations.push(Mutation {
-                    object_id: Bytes::copy_from_slice(id.as_bytes()),
+                    object_id,
                     op: Some(pb_op),
                 }),
                 Err(reason) => skipped.push(WriteError::Model {
@@ -532,11 +668,70 @@ impl<'db> Batch<'db> {
                 }),
             }
         }
+        let updates = Bytes::from(updates);
+        for (index, range) in update_ranges {
+            if let Some(Mutation {
+                op: Some(mutation::Op::Update(u)),
+                ..
+            }) = mutations.get_mut(index)
+            {
+                u.update = updates.slice(range);
+            }
+        }
         let changes = db.finish(touched);
         Ok(LocalCommit {
             mutations: Mutations { mutations },
             changes,
             skipped,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use yrs::{Doc, GetString as _, Map as _, Text as _, Transact as _, WriteTxn as _};
+
+    use super::UpdateEncoder;
+
+    /// The shared-buffer encoder writes exactly the bytes yrs's own v1 encoder writes, for
+    /// inserts, overwrites (deletes), nested types, every value kind, text and formatting.
+    #[test]
+    fn the_update_encoder_matches_yrs_v1() {
+        let doc = Doc::with_client_id(7);
+        let mut shared = b"earlier updates".to_vec();
+        type Step = Box<dyn Fn(&mut yrs::TransactionMut<'_>)>;
+        let steps: Vec<Step> = vec![
+            Box::new(|txn| {
+                let map = txn.get_or_insert_map("root");
+                map.insert(txn, "n", 1_i64);
+                map.insert(txn, "s", "text ✓");
+                map.insert(txn, "f", 1.5_f64);
+                map.insert(txn, "b", true);
+                map.insert(txn, "bytes", yrs::Any::Buffer(vec![1, 2, 3].into()));
+            }),
+            Box::new(|txn| {
+                let map = txn.get_or_insert_map("root");
+                map.insert(txn, "n", 2_i64);
+                map.remove(txn, "s");
+                map.insert(txn, "nested", yrs::MapPrelim::default());
+            }),
+            Box::new(|txn| {
+                let text = txn.get_or_insert_text("text");
+                text.insert(txn, 0, "hello world");
+                let bold = yrs::types::Attrs::from([("bold".into(), true.into())]);
+                text.format(txn, 0, 5, bold);
+                text.remove_range(txn, 2, 3);
+            }),
+        ];
+        for step in &steps {
+            let mut txn = doc.transact_mut();
+            step(&mut txn);
+            let expected = txn.encode_update_v1();
+            let start = shared.len();
+            txn.encode_update(&mut UpdateEncoder(&mut shared));
+            assert_eq!(&shared[start..], &expected[..]);
+        }
+        let text = doc.get_or_insert_text("text");
+        assert_eq!(text.get_string(&doc.transact()), "he world");
     }
 }

@@ -116,15 +116,21 @@ pub enum ObjectOp {
 }
 
 fn root(txn: &mut TransactionMut<'_>) -> MapRef {
-    txn.get_or_insert_map(ROOT)
+    // yrs turns a `&str` name into a new `Arc<str>` on every call; share one instead.
+    static NAME: std::sync::LazyLock<std::sync::Arc<str>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::from(ROOT));
+    txn.get_or_insert_map(NAME.clone())
 }
 
 fn split(path: &str) -> Result<(Vec<&str>, &str), ModelError> {
     if path.is_empty() {
         return Err(ModelError::EmptyPath);
     }
-    let mut parts: Vec<&str> = path.split('.').collect();
-    let last = parts.pop().ok_or(ModelError::EmptyPath)?;
+    // A top-level field (the common case) needs no vector.
+    let (parts, last) = match path.rsplit_once('.') {
+        Some((parents, last)) => (parents.split('.').collect::<Vec<&str>>(), last),
+        None => (Vec::new(), path),
+    };
     if last.is_empty() || parts.iter().any(|p| p.is_empty()) {
         return Err(ModelError::EmptyPath);
     }
