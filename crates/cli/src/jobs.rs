@@ -561,9 +561,15 @@ impl Job for Sync {
         let peers: usize = statuses.iter().map(|(_, s)| s.peers).sum();
         let in_sync: usize = statuses.iter().map(|(_, s)| s.in_sync).sum();
         let blocks: u64 = statuses.iter().map(|(_, s)| s.blocks).sum();
+        // Blocks some reached peer holds that this vault does not (yet).
+        let behind: u64 = statuses
+            .iter()
+            .flat_map(|(_, s)| &s.feeds)
+            .map(|f| f.best_peer.saturating_sub(f.held))
+            .sum();
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
-                "{in_sync}/{peers} sessions in sync, {blocks} blocks held"
+                "{in_sync}/{peers} sessions in sync, {blocks} blocks held, {behind} to fetch"
             ));
         }
         if statuses.iter().all(|(_, s)| s.is_synced()) {
@@ -604,7 +610,7 @@ impl Job for Sync {
         if self.bar.is_none() && Instant::now() >= self.progress {
             self.progress = Instant::now() + PROGRESS;
             out.note(&format!(
-                "syncing: {peers} session(s), {blocks} blocks held"
+                "syncing: {peers} session(s), {blocks} blocks held, {behind} to fetch"
             ));
         }
         Ok(false)

@@ -108,6 +108,19 @@ pub struct SyncStatus {
     pub blocks: u64,
     /// The devices of the peers in sync.
     pub synced_devices: Vec<PublicKey>,
+    /// Per feed of the space: what this vault holds and the most a reached peer holds.
+    pub feeds: Vec<FeedProgress>,
+}
+
+/// One feed's replication progress (see [`SyncStatus::feeds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedProgress {
+    /// The feed.
+    pub feed: PublicKey,
+    /// Blocks this vault holds.
+    pub held: u64,
+    /// The most blocks a peer in a running session holds (or was sent), 0 if none reported.
+    pub best_peer: u64,
 }
 
 impl SyncStatus {
@@ -516,11 +529,35 @@ impl Network {
             .filter(|s| s.in_sync(local.iter().copied()))
             .map(|s| s.device)
             .collect();
+        let mut feeds: BTreeMap<PublicKey, FeedProgress> = local
+            .iter()
+            .map(|(feed, held)| {
+                (
+                    *feed,
+                    FeedProgress {
+                        feed: *feed,
+                        held: *held,
+                        best_peer: 0,
+                    },
+                )
+            })
+            .collect();
+        for session in &sessions {
+            for (feed, length) in &session.remote_heads {
+                let entry = feeds.entry(*feed).or_insert(FeedProgress {
+                    feed: *feed,
+                    held: 0,
+                    best_peer: 0,
+                });
+                entry.best_peer = entry.best_peer.max(*length);
+            }
+        }
         Ok(SyncStatus {
             peers: sessions.len(),
             in_sync: synced_devices.len(),
             blocks,
             synced_devices,
+            feeds: feeds.into_values().collect(),
         })
     }
 
