@@ -851,8 +851,16 @@ impl FeedStore {
                     limit,
                 });
             }
-            state.waiting_bytes += range.bytes;
             let waiting = state.waiting.entry(feed).or_default();
+            // Of two waiting ranges with one start, the longer is kept: a shorter one arriving
+            // later must not drop blocks the first already brought.
+            if waiting
+                .get(&range.start)
+                .is_some_and(|old| old.end() >= range.end())
+            {
+                return Ok(Imported::Waiting);
+            }
+            state.waiting_bytes += range.bytes;
             if let Some(old) = waiting.insert(range.start, range) {
                 state.waiting_bytes -= old.bytes;
             }

@@ -103,6 +103,29 @@ fn import_replicates_and_is_idempotent() -> TestResult {
 }
 
 #[test]
+fn a_shorter_waiting_range_does_not_drop_a_longer_one() -> TestResult {
+    let writer = KeyPair::generate();
+    let feed = writer.public_key();
+    let origin = FeedStore::in_memory();
+    for i in 0..4u8 {
+        origin.append(&writer, &Timeframe::new(), &[[i; 3]])?;
+    }
+    let one = |from: u64, blocks: usize| -> Result<_, Box<dyn std::error::Error>> {
+        Ok(origin
+            .signed_range(&feed, Seq(from), blocks, usize::MAX)?
+            .ok_or("no range")?)
+    };
+    let replica = FeedStore::in_memory();
+    // [2, 4) waits, then [2, 3) arrives: the longer one must stay.
+    assert_eq!(replica.import(&one(2, 2)?)?, Imported::Waiting);
+    assert_eq!(replica.import(&one(2, 1)?)?, Imported::Waiting);
+    replica.import(&one(0, 2)?)?;
+    assert_eq!(replica.length(&feed), 4);
+    assert_eq!(replica.head(&feed), origin.head(&feed));
+    Ok(())
+}
+
+#[test]
 fn a_range_ahead_waits_then_attaches() -> TestResult {
     let writer = KeyPair::generate();
     let feed = writer.public_key();
