@@ -39,7 +39,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while seen < 4 {
             match tokio::time::timeout(Duration::from_secs(5), live.events.recv()).await {
                 Ok(Some(Event::Added { object })) => println!("added   {}", object.value.to_json()),
-                Ok(Some(Event::Updated { object })) => println!("updated {}", object.value.to_json()),
+                Ok(Some(Event::Updated { object })) => {
+                    println!("updated {}", object.value.to_json())
+                }
                 Ok(Some(other)) => println!("event   {other:?}"),
                 Ok(None) | Err(_) => break,
             }
