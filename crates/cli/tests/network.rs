@@ -237,6 +237,11 @@ fn command(vault: Option<&Path>, signal: &str, listen: &str) -> Command {
     command
         .env("ECHODB_LISTEN", listen)
         .env("ECHODB_NO_MDNS", "true")
+        // ECHODB_TEST_LOG=echodb=debug (say) makes the processes log that much to stderr.
+        .env(
+            "ECHODB_LOG",
+            std::env::var("ECHODB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("ECHODB_VAULT")
         .arg("--json");
     if !signal.is_empty() {
@@ -612,7 +617,7 @@ fn a_new_device_joins_its_identity_and_every_space_and_writes_in_them() -> TestR
         "bob",
         &["object", "add", &shared, "--type", "task", "title=bob's"],
     )?;
-    let _alice_agent = net.agent("alice")?;
+    let alice_agent = net.agent("alice")?;
     let _bob_agent = net.agent("bob")?;
     net.invite("bob", "alice", &shared)?;
 
@@ -660,7 +665,7 @@ fn a_new_device_joins_its_identity_and_every_space_and_writes_in_them() -> TestR
     assert_eq!(net.tasks("laptop", &shared)?.len(), 1);
 
     // It writes as alice in both spaces; bob and alice's first device get it.
-    let _laptop_agent = net.agent("laptop")?;
+    let laptop_agent = net.agent("laptop")?;
     net.ok(
         "laptop",
         &[
@@ -682,7 +687,9 @@ fn a_new_device_joins_its_identity_and_every_space_and_writes_in_them() -> TestR
     );
     assert!(
         eventually(|| Ok(net.tasks("alice", &own)?.len() == 2))?,
-        "alice's first device did not get the laptop's task"
+        "alice's first device did not get the laptop's task\n--- alice's agent:\n{}\n--- the laptop's agent:\n{}",
+        alice_agent.stderr(),
+        laptop_agent.stderr()
     );
     let members = net.ok("bob", &["space", "members", &shared])?;
     let alice_entry = members

@@ -473,10 +473,23 @@ impl Network {
             return Ok(false);
         }
         let mut changed = false;
+        // One space failing must not keep the others from being applied: each is tried, and
+        // the first error is returned after all were.
+        let mut failed: Option<NetError> = None;
         for (key, tracked) in &mut self.tracked {
-            let space = client.open_any_space(*key).map_err(NetError::Space)?;
-            space.refresh().map_err(NetError::Space)?;
-            let (devices, feeds) = Self::membership_of(&space)?;
+            let applied = client
+                .open_any_space(*key)
+                .and_then(|space| space.refresh().map(|_| space))
+                .map_err(NetError::Space)
+                .and_then(|space| Self::membership_of(&space));
+            let (devices, feeds) = match applied {
+                Ok(membership) => membership,
+                Err(error) => {
+                    tracing::warn!(space = %key.short(), %error, "applying what peers sent failed");
+                    failed.get_or_insert(error);
+                    continue;
+                }
+            };
             if tracked
                 .bootstrap
                 .as_ref()
@@ -505,7 +518,10 @@ impl Network {
             // Credentials were written or spaces joined: apply them now.
             self.dirty.store(true, Ordering::Release);
         }
-        Ok(true)
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(true),
+        }
     }
 
     /// Sync status of `space`: sessions running and whether each holds what this vault holds.

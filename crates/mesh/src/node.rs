@@ -73,8 +73,12 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Find peers on the LAN by mDNS.
     pub mdns: bool,
-    /// Signal servers (rendezvous), each with its `/p2p/<peer id>`.
+    /// Signal servers (rendezvous and relay), each with its `/p2p/<peer id>`.
     pub signal_servers: Vec<Multiaddr>,
+    /// Reserve a relayed address at each signal server (`…/p2p-circuit`), announced like a
+    /// listen address, so peers that cannot dial this node (behind NAT, or with no listen
+    /// address at all) reach it through the server; DCUtR then tries a direct connection.
+    pub relay_reservations: bool,
     /// Take the listen addresses as external addresses (what rendezvous registers). Right on a
     /// LAN and in tests; behind NAT, observed addresses are better.
     pub announce_listen_addrs: bool,
@@ -107,6 +111,7 @@ impl Default for NodeConfig {
             listen: Vec::new(),
             mdns: true,
             signal_servers: Vec::new(),
+            relay_reservations: true,
             announce_listen_addrs: true,
             max_sessions_per_space: 8,
             max_connections: 256,
@@ -465,6 +470,7 @@ impl Node {
             shared,
             commands: commands_rx,
             signal_servers,
+            reservations: HashMap::new(),
             known: BTreeMap::new(),
             timers: Vec::new(),
             opening: HashSet::new(),
@@ -831,6 +837,8 @@ struct SwarmDriver {
     shared: Shared,
     commands: mpsc::Receiver<Command>,
     signal_servers: HashSet<PeerId>,
+    /// Relay reservations held (or being made) at signal servers, by server.
+    reservations: HashMap<PeerId, libp2p::core::transport::ListenerId>,
     /// Peers to redial: an address and the current backoff.
     known: BTreeMap<PeerId, (Multiaddr, Duration)>,
     timers: Vec<(Instant, Timer)>,
@@ -1048,6 +1056,7 @@ impl SwarmDriver {
                 }
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if self.signal_servers.contains(&peer_id) {
+                    self.reserve(peer_id);
                     let mut keys: Vec<DiscoveryKey> = self.space_keys();
                     keys.extend(self.announced.iter().copied());
                     for key in keys {
@@ -1089,7 +1098,54 @@ impl SwarmDriver {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(event)) => self.on_rendezvous(event),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let server = self
+                    .reservations
+                    .iter()
+                    .find(|(_, id)| **id == listener_id)
+                    .map(|(server, _)| *server);
+                if let Some(server) = server {
+                    tracing::debug!(%server, ?reason, "relay reservation ended");
+                    self.reservations.remove(&server);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                tracing::info!(server = %relay_peer_id, "relayed address reserved at the signal server");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                tracing::debug!(?event, "direct connection upgrade");
+            }
             _ => {}
+        }
+    }
+
+    /// Reserves a relayed address at the signal server `server` (once per connection).
+    fn reserve(&mut self, server: PeerId) {
+        if !self.shared.config.relay_reservations || self.reservations.contains_key(&server) {
+            return;
+        }
+        let Some(addr) = self
+            .shared
+            .config
+            .signal_servers
+            .iter()
+            .find(|a| matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == server))
+            .cloned()
+        else {
+            return;
+        };
+        let circuit = addr.with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(id) => {
+                self.reservations.insert(server, id);
+            }
+            Err(error) => tracing::info!(%circuit, %error, "relay reservation not made"),
         }
     }
 
@@ -1101,11 +1157,20 @@ impl SwarmDriver {
                     if peer == self.shared.local || self.swarm.is_connected(&peer) {
                         continue;
                     }
-                    let Some(addr) = registration.record.addresses().first().cloned() else {
+                    let addresses = registration.record.addresses().to_vec();
+                    let Some(first) = addresses.first().cloned() else {
                         continue;
                     };
-                    tracing::debug!(%peer, %addr, namespace = %registration.namespace, "found through rendezvous");
-                    self.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                    tracing::debug!(%peer, ?addresses, namespace = %registration.namespace, "found through rendezvous");
+                    // Every address it registered (direct ones and relayed ones) is tried.
+                    self.remember(peer, first.with_p2p(peer).unwrap_or_else(|a| a));
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addresses)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(error) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, %error, "dial failed");
+                    }
                 }
             }
             rendezvous::client::Event::Registered {

@@ -385,3 +385,68 @@ async fn the_overlay_rotates_so_a_full_space_serves_every_waiting_peer() -> Test
     assert!(all, "blocks held by each leaf: {held:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_no_listen_address_is_reached_through_the_signal_servers_relay() -> TestResult {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        init_tracing();
+        let server = SignalServer::bind(
+            SignalConfig {
+                listen: vec![TCP.parse()?],
+                ..SignalConfig::default()
+            },
+            &KeyPair::generate(),
+        )
+        .await?;
+        let signal = server.listen_addrs();
+        let serving = tokio::spawn(server.run());
+
+        let (alice, bob) = (KeyPair::generate(), KeyPair::generate());
+        let space = space(&[&alice, &bob]);
+        let (at_alice, at_bob) = (
+            Arc::new(FeedStore::in_memory()),
+            Arc::new(FeedStore::in_memory()),
+        );
+        fill(&at_alice, &space.feed, 200)?;
+        // Alice listens nowhere: only the relayed address she reserves reaches her.
+        let a = Node::spawn(
+            NodeConfig {
+                listen: Vec::new(),
+                signal_servers: signal.clone(),
+                ..config(TCP)?
+            },
+            &alice,
+            at_alice.clone(),
+        )
+        .await?;
+        assert!(a.listen_addrs().is_empty());
+        a.add_space(space.key, space.members.clone()).await?;
+        let b = Node::spawn(config(TCP)?, &bob, at_bob.clone()).await?;
+        b.add_space(space.key, space.members.clone()).await?;
+        let circuit: Multiaddr = format!(
+            "{}/p2p-circuit/p2p/{}",
+            signal.first().ok_or("no signal address")?,
+            peer_id_of(&alice.public_key()).ok_or("no peer id")?
+        )
+        .parse()?;
+        // The reservation takes a moment; the node redials with backoff until it holds.
+        b.dial(circuit).await?;
+        let done = wait_for(
+            &at_bob,
+            &space.feed.public_key(),
+            200,
+            Duration::from_secs(30),
+        )
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+        serving.abort();
+        assert!(
+            done,
+            "bob holds {} of alice's 200 blocks",
+            at_bob.length(&space.feed.public_key())
+        );
+        Ok(())
+    })
+    .await?
+}
