@@ -453,6 +453,20 @@ pub(crate) fn vault_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
+/// How long a command waits for an agent that is starting (or an agent for a command that
+/// holds the vault) before it reports the vault as held.
+const VAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the process holding a vault may be an agent that has not bound its socket yet: its
+/// pid is not written yet, or its command line is `echodb … agent`.
+fn agent_starting(holder: Option<u32>) -> bool {
+    match holder {
+        None => true,
+        Some(pid) => std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"agent")),
+    }
+}
+
 fn run(cli: Cli, out: &mut Out) -> Result<ExitCode> {
     match cli.command {
         Command::Signal { listen, key_file } => {
@@ -467,21 +481,33 @@ fn run(cli: Cli, out: &mut Out) -> Result<ExitCode> {
     }
     let dir = vault_dir(cli.vault.clone())?;
     let net = commands::net_config(&cli)?;
-    let client = match echodb::Client::open(&dir) {
-        Ok(client) => client,
-        Err(echodb::OpenError::Locked { holder, .. }) if agent::socket_path(&dir).exists() => {
-            if matches!(cli.command, Command::Agent) {
-                bail!(
-                    "an agent already keeps vault {} online{}; stop it first",
-                    dir.display(),
-                    holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
-                );
+    let is_agent = matches!(cli.command, Command::Agent);
+    let waiting_until = std::time::Instant::now() + VAULT_WAIT;
+    let client = loop {
+        match echodb::Client::open(&dir) {
+            Ok(client) => break client,
+            Err(echodb::OpenError::Locked { holder, .. }) if agent::socket_path(&dir).exists() => {
+                if is_agent {
+                    bail!(
+                        "an agent already keeps vault {} online{}; stop it first",
+                        dir.display(),
+                        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                    );
+                }
+                // The agent holds the vault: the command runs there.
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                return remote::run(&dir, holder, args, cli.json);
             }
-            // The agent holds the vault: the command runs there.
-            let args: Vec<String> = std::env::args().skip(1).collect();
-            return remote::run(&dir, holder, args, cli.json);
+            // An agent that is starting holds the lock before its socket exists: wait for the
+            // socket. An agent started while a command holds the vault waits for it to end.
+            Err(echodb::OpenError::Locked { holder, .. })
+                if std::time::Instant::now() < waiting_until
+                    && (is_agent || agent_starting(holder)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     };
     let mut ctx = commands::Ctx::new(client, net);
     if matches!(cli.command, Command::Agent) {

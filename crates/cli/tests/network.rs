@@ -935,3 +935,18 @@ fn each_side_watches_the_other_sides_edits_as_the_quickstart_shows() -> TestResu
     );
     Ok(())
 }
+
+#[test]
+fn a_command_run_while_the_agent_starts_goes_through_it() -> TestResult {
+    let net = Net::start()?;
+    net.identity("alice")?;
+    // As in the README: `echodb agent &` and at once another command on the vault.
+    let mut agent = net.spawn("alice", &["agent"], false)?;
+    let created = net.ok("alice", &["space", "create", "--name", "at once"])?;
+    assert!(created[0]["space"].is_string(), "{created:?}");
+    let ready = agent.next_json()?;
+    assert_eq!(ready["event"], "agent", "the agent did not start: {ready}");
+    let spaces = net.ok("alice", &["space", "list"])?;
+    assert_eq!(spaces.len(), 1, "{spaces:?}");
+    Ok(())
+}
