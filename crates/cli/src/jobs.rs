@@ -361,15 +361,105 @@ impl Job for Invite {
     }
 }
 
+// ---- answers to the host ----
+
+/// What a guest answers the host: given as options, else asked for when the host asks.
+struct Answers {
+    auth_code: Option<String>,
+    secret: Option<String>,
+    /// What the host asked for last.
+    method: Option<AuthMethod>,
+    /// A question is out and its answer not yet given.
+    waiting: bool,
+    /// Who shows the auth code ("the host's user", "the other device").
+    shown_by: &'static str,
+}
+
+impl Answers {
+    fn new(auth_code: Option<String>, secret: Option<String>, shown_by: &'static str) -> Self {
+        Self {
+            auth_code,
+            secret,
+            method: None,
+            waiting: false,
+            shown_by,
+        }
+    }
+
+    /// Passes on an answer the user typed since the last step.
+    fn pass_typed(
+        &mut self,
+        net: &echodb::Network,
+        joining: &Joining,
+        input: &mut dyn Input,
+    ) -> Result<()> {
+        if self.waiting
+            && let Some(answer) = input.take()
+        {
+            self.waiting = false;
+            net.answer(joining, &answer)?;
+        }
+        Ok(())
+    }
+
+    /// Handles the host asking (again); `false` for any other event.
+    fn on_event(
+        &mut self,
+        event: &JoinEvent,
+        net: &echodb::Network,
+        joining: &Joining,
+        out: &Out,
+        input: &mut dyn Input,
+    ) -> Result<bool> {
+        match event {
+            JoinEvent::AuthRequired { method } => {
+                self.method = Some(*method);
+                let given = if *method == AuthMethod::SharedSecret {
+                    self.secret.take()
+                } else {
+                    self.auth_code.take()
+                };
+                match given {
+                    Some(answer) => net.answer(joining, &answer)?,
+                    None => {
+                        self.waiting = true;
+                        let question = if *method == AuthMethod::SharedSecret {
+                            "shared secret (agreed with the host):".to_owned()
+                        } else {
+                            format!("auth code ({} sees it):", self.shown_by)
+                        };
+                        input.prompt(out, &question)?;
+                    }
+                }
+                Ok(true)
+            }
+            JoinEvent::AuthFailed { attempts_left } => {
+                self.waiting = true;
+                let what = if self.method == Some(AuthMethod::SharedSecret) {
+                    "shared secret"
+                } else {
+                    "auth code"
+                };
+                input.prompt(
+                    out,
+                    &format!(
+                        "wrong {what}; {attempts_left} attempt{} left. {what}:",
+                        if *attempts_left == 1 { "" } else { "s" }
+                    ),
+                )?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
 // ---- space join ----
 
 /// `echodb space join`: reaches the host, answers the auth code, then waits for the first sync.
 pub struct Join {
     joining: Joining,
-    auth_code: Option<String>,
-    secret: Option<String>,
-    method: Option<AuthMethod>,
-    waiting_answer: bool,
+    answers: Answers,
     joined: Option<Space>,
     /// Once in sync: when to finish (a moment later, so the host sees this side in sync too).
     finish_at: Option<Instant>,
@@ -395,10 +485,7 @@ impl Join {
         out.note("reaching the host…");
         Ok(Box::new(Self {
             joining,
-            auth_code,
-            secret,
-            method: None,
-            waiting_answer: false,
+            answers: Answers::new(auth_code, secret, "the host's user"),
             joined: None,
             finish_at: None,
             deadline: Instant::now() + timeout,
@@ -412,48 +499,17 @@ impl Job for Join {
         let Some(net) = ctx.net.as_mut() else {
             bail!("the network stopped");
         };
-        if self.waiting_answer
-            && let Some(answer) = input.take()
-        {
-            self.waiting_answer = false;
-            net.answer(&self.joining, &answer)?;
-        }
+        self.answers.pass_typed(net, &self.joining, input)?;
         for event in net.poll_join(&ctx.client, &mut self.joining)? {
+            if self
+                .answers
+                .on_event(&event, net, &self.joining, out, input)?
+            {
+                continue;
+            }
             match event {
                 JoinEvent::Connected => out.note("connected to the host"),
-                JoinEvent::AuthRequired { method } => {
-                    let (given, question) = if method == AuthMethod::SharedSecret {
-                        (self.secret.take(), "shared secret (agreed with the host):")
-                    } else {
-                        (
-                            self.auth_code.take(),
-                            "auth code (the host's user sees it):",
-                        )
-                    };
-                    match given {
-                        Some(answer) => net.answer(&self.joining, &answer)?,
-                        None => {
-                            self.waiting_answer = true;
-                            self.method = Some(method);
-                            input.prompt(out, question)?;
-                        }
-                    }
-                }
-                JoinEvent::AuthFailed { attempts_left } => {
-                    self.waiting_answer = true;
-                    let what = if self.method == Some(AuthMethod::SharedSecret) {
-                        "shared secret"
-                    } else {
-                        "auth code"
-                    };
-                    input.prompt(
-                        out,
-                        &format!(
-                            "wrong {what}; {attempts_left} attempt{} left. {what}:",
-                            if attempts_left == 1 { "" } else { "s" }
-                        ),
-                    )?;
-                }
+                JoinEvent::AuthRequired { .. } | JoinEvent::AuthFailed { .. } => {}
                 JoinEvent::Joined(space) => {
                     out.note(&format!("admitted to space {}; syncing…", space.key()));
                     self.joined = Some(space);
@@ -493,7 +549,7 @@ impl Job for Join {
                     space.key()
                 );
             }
-        } else if !self.waiting_answer && Instant::now() >= self.deadline {
+        } else if !self.answers.waiting && Instant::now() >= self.deadline {
             bail!(
                 "the invitation did not complete within the timeout; check that the host's `echodb space invite` still runs and that both sides use the same --signal"
             );
@@ -623,8 +679,7 @@ impl Job for Sync {
 /// space of the identity.
 pub struct DeviceJoin {
     joining: Joining,
-    auth_code: Option<String>,
-    waiting_answer: bool,
+    answers: Answers,
     identity: Option<PublicKey>,
     finish_at: Option<Instant>,
     deadline: Instant,
@@ -655,8 +710,7 @@ impl DeviceJoin {
         ));
         Ok(Box::new(Self {
             joining,
-            auth_code,
-            waiting_answer: false,
+            answers: Answers::new(auth_code, None, "the other device"),
             identity: None,
             finish_at: None,
             deadline: Instant::now() + timeout,
@@ -670,32 +724,17 @@ impl Job for DeviceJoin {
         let Some(net) = ctx.net.as_mut() else {
             bail!("the network stopped");
         };
-        if self.waiting_answer
-            && let Some(answer) = input.take()
-        {
-            self.waiting_answer = false;
-            net.answer(&self.joining, &answer)?;
-        }
+        self.answers.pass_typed(net, &self.joining, input)?;
         for event in net.poll_join(&ctx.client, &mut self.joining)? {
+            if self
+                .answers
+                .on_event(&event, net, &self.joining, out, input)?
+            {
+                continue;
+            }
             match event {
                 JoinEvent::Connected => out.note("connected to the other device"),
-                JoinEvent::AuthRequired { .. } => match self.auth_code.take() {
-                    Some(code) => net.answer(&self.joining, &code)?,
-                    None => {
-                        self.waiting_answer = true;
-                        input.prompt(out, "auth code (the other device shows it):")?;
-                    }
-                },
-                JoinEvent::AuthFailed { attempts_left } => {
-                    self.waiting_answer = true;
-                    input.prompt(
-                        out,
-                        &format!(
-                            "wrong auth code; {attempts_left} attempt{} left. auth code:",
-                            if attempts_left == 1 { "" } else { "s" }
-                        ),
-                    )?;
-                }
+                JoinEvent::AuthRequired { .. } | JoinEvent::AuthFailed { .. } => {}
                 JoinEvent::DeviceJoined { identity, .. } => {
                     out.note(&format!(
                         "this vault is now a device of identity {identity}; joining its spaces…"
@@ -710,7 +749,7 @@ impl Job for DeviceJoin {
             }
         }
         let Some(identity) = self.identity else {
-            if !self.waiting_answer && Instant::now() >= self.deadline {
+            if !self.answers.waiting && Instant::now() >= self.deadline {
                 bail!(
                     "the device invitation did not complete within the timeout; check that `echodb device invite` still runs on the other device and that both use the same --signal"
                 );

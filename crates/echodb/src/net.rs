@@ -842,15 +842,7 @@ impl Network {
                         });
                         continue;
                     };
-                    let trusted: (BTreeSet<PublicKey>, BTreeSet<PublicKey>) = (
-                        [welcome.host_device, self.device].into_iter().collect(),
-                        welcome
-                            .space_feeds
-                            .iter()
-                            .copied()
-                            .chain([joining.guest.control_feed, joining.guest.data_feed])
-                            .collect(),
-                    );
+                    let trusted = welcome_trust(&welcome, joining);
                     // The space opens once its control feeds (and its latest epoch's snapshot,
                     // if any) are here: `step_fetching`.
                     self.start_fetching(joining, space_key, genesis, welcome.host_device, trusted)?;
@@ -936,6 +928,22 @@ impl echodb_mesh::replicate::Membership for TrustAll {
     fn is_space_feed(&self, _feed: &PublicKey) -> bool {
         true
     }
+}
+
+/// What a welcomed guest trusts until the space's own state admits it: the host's device and
+/// this one, the feeds the host named and this device's own.
+fn welcome_trust(welcome: &echodb_mesh::invite::Welcome, joining: &Joining) -> Trust {
+    (
+        [welcome.host_device, joining.guest.device]
+            .into_iter()
+            .collect(),
+        welcome
+            .space_feeds
+            .iter()
+            .copied()
+            .chain([joining.guest.control_feed, joining.guest.data_feed])
+            .collect(),
+    )
 }
 
 fn merge(

@@ -137,15 +137,7 @@ impl Network {
                 reason: e.to_string(),
             })?;
         self.identity = Some(info.identity);
-        let trusted: Trust = (
-            [welcome.host_device, self.device].into_iter().collect(),
-            welcome
-                .space_feeds
-                .iter()
-                .copied()
-                .chain([joining.guest.control_feed, joining.guest.data_feed])
-                .collect(),
-        );
+        let trusted = super::welcome_trust(welcome, joining);
         let halo = client
             .join_space(halo_space, genesis, joining.keys.clone())
             .map_err(NetError::Space)?;
