@@ -1337,7 +1337,20 @@ impl SwarmDriver {
         self.opening.insert((peer, key));
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let established = open_one(&shared, peer, key, remote, entry).await;
+            // A session that panics must still be reported as ended, or no new session with
+            // that peer would ever open for the space.
+            let established = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                open_one(&shared, peer, key, remote, entry),
+            ))
+            .await
+            {
+                Ok(established) => established,
+                Err(_) => {
+                    tracing::error!(%peer, space = %key, "a replication session panicked; it will be reopened");
+                    shared.session_ended(peer, key);
+                    false
+                }
+            };
             drop(slot);
             let _ = shared
                 .commands

@@ -390,7 +390,11 @@ async fn finish(
             }
         }
         drop(output_tx);
-        let _ = (&mut writer.0).await;
+        // The writer may already have been awaited (`writer_error`): a finished task is not
+        // polled again (tokio panics on that), there is nothing left to wait for.
+        if !writer.0.is_finished() {
+            let _ = (&mut writer.0).await;
+        }
     })
     .await;
 }
