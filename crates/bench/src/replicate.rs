@@ -127,7 +127,7 @@ pub fn run(quick: bool) -> Result<Report> {
             .spawn()
             .context("starting the source process")?,
     );
-    let addrs = read_addrs(&mut child.0)?;
+    let addrs = read_addrs(&mut child.0, "the source process")?;
     let addr_of = |transport: &str| {
         addrs
             .iter()
@@ -279,12 +279,13 @@ fn raw_loopback(bytes: u64) -> Result<f64> {
     Ok(bytes as f64 / secs / 1e6)
 }
 
-/// Reads the source's listen addresses (one a line) up to its `ready` line, within 60 s.
-fn read_addrs(child: &mut Child) -> Result<Vec<Multiaddr>> {
+/// Reads a child's listen addresses (one a line) up to its `ready` line, within 60 s; `who`
+/// names the child in errors. The epoch bench's host uses it too.
+pub(crate) fn read_addrs(child: &mut Child, who: &str) -> Result<Vec<Multiaddr>> {
     let stdout = child
         .stdout
         .take()
-        .context("the source process has no stdout")?;
+        .with_context(|| format!("{who} has no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -301,13 +302,13 @@ fn read_addrs(child: &mut Child) -> Result<Vec<Multiaddr>> {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
-            .context("the source process did not report its addresses within 60 s")?;
+            .with_context(|| format!("{who} did not report its addresses within 60 s"))?;
         if line == "ready" {
             return Ok(addrs);
         }
         addrs.push(
             line.parse()
-                .with_context(|| format!("the source printed {line:?}, not an address"))?,
+                .with_context(|| format!("{who} printed {line:?}, not an address"))?,
         );
     }
 }

@@ -17,7 +17,7 @@
 //!
 //! The same steps as `echodb::Network`'s join (`crates/echodb/src/net/join.rs`).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, RwLock};
@@ -101,7 +101,7 @@ pub fn start_host(store_dir: &Path, space: PublicKey, genesis: PublicKey) -> Res
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting the host process")?;
-    let addrs = match read_addrs(&mut child) {
+    let addrs = match crate::replicate::read_addrs(&mut child, "the host") {
         Ok(addrs) => addrs,
         Err(error) => {
             let _ = child.kill();
@@ -118,36 +118,6 @@ pub fn start_host(store_dir: &Path, space: PublicKey, genesis: PublicKey) -> Res
         run,
     };
     Ok(host)
-}
-
-/// Reads the host's listen addresses (one a line) up to its `ready` line, within 60 s.
-fn read_addrs(child: &mut Child) -> Result<Vec<Multiaddr>> {
-    let stdout = child.stdout.take().context("the host has no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let ready = line == "ready";
-            if tx.send(line).is_err() || ready {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut addrs = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .context("the host did not report its addresses within 60 s")?;
-        if line == "ready" {
-            return Ok(addrs);
-        }
-        addrs.push(
-            line.parse()
-                .with_context(|| format!("the host printed {line:?}, not an address"))?,
-        );
-    }
 }
 
 fn node_config() -> Result<NodeConfig> {
