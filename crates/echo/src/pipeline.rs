@@ -430,6 +430,16 @@ impl Pipeline {
         self.iterator.processed()
     }
 
+    /// The dependencies a data block written now names: the processed data feeds no processed
+    /// block depends on yet, and every processed control feed (whose credentials decide what
+    /// a block may do, so a reader must see all of them in its timeframe). See
+    /// [`CausalIterator::frontier`].
+    pub fn write_dependencies(&self) -> Timeframe {
+        let halo = &self.halo;
+        self.iterator
+            .frontier(|feed| halo.designation(feed) != Some(Designation::Data))
+    }
+
     /// Feeds skipped from a block with a bad timeframe, with the reason.
     pub fn broken_feeds(&self) -> &BTreeMap<PublicKey, String> {
         &self.broken

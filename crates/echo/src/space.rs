@@ -663,7 +663,7 @@ impl Space {
     ) -> Result<(R, Written), LocalWriteError> {
         let space = self.space;
         let feed = self.keys.data.public_key();
-        let timeframe = Arc::new(self.pipeline.processed().clone());
+        let timeframe = self.data_timeframe()?;
         let origin = self.next_origin(&timeframe)?;
         let mut batch = self.pipeline.database_mut().batch();
         let value = build(&mut batch).map_err(|source| LocalWriteError::Write {
@@ -691,6 +691,21 @@ impl Space {
                 commit,
             },
         ))
+    }
+
+    /// The timeframe this device's next data block carries, exactly as readers decode it: its
+    /// earlier blocks' timeframes merged with [`Pipeline::write_dependencies`] (the processed
+    /// control feeds, and only the data feeds no processed block already depends on).
+    fn data_timeframe(&self) -> Result<Arc<Timeframe>, LocalWriteError> {
+        let feed = self.keys.data.public_key();
+        self.store()
+            .block_timeframe(&feed, &self.pipeline.write_dependencies())
+            .map(Arc::new)
+            .map_err(|source| LocalWriteError::Append {
+                space: self.space,
+                feed,
+                source: Box::new(source),
+            })
     }
 
     /// Where this device's next data block goes, if it may write it.
@@ -868,13 +883,14 @@ impl Space {
         if mutations.mutations.is_empty() {
             return Ok(None);
         }
-        let timeframe = Arc::new(self.pipeline.processed().clone());
-        let origin = self
-            .next_origin(&timeframe)
-            .map_err(|source| BranchError::Write {
-                space,
-                source: Box::new(source),
-            })?;
+        let origin_of = |this: &Self| {
+            let timeframe = this.data_timeframe()?;
+            Ok::<_, LocalWriteError>((this.next_origin(&timeframe)?, timeframe))
+        };
+        let (origin, timeframe) = origin_of(self).map_err(|source| BranchError::Write {
+            space,
+            source: Box::new(source),
+        })?;
         self.append_data(origin, &timeframe, &mutations, false)
             .map_err(|source| BranchError::Write {
                 space,

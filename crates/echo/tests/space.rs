@@ -574,3 +574,87 @@ fn a_view_shows_the_space_as_of_a_past_timeframe() -> TestResult {
     assert_eq!(fingerprint(now.database()), fingerprint(space.database()));
     Ok(())
 }
+
+/// Members write one after another, each having processed everything before it. Each block
+/// names only the latest data block it builds on (and the control feed whose credentials
+/// admit its writer), not every data feed it has processed; yet a replica that receives the
+/// blocks newest first still delivers every block after all the blocks its writer had seen.
+#[test]
+fn a_block_names_only_the_writes_it_builds_on_and_keeps_its_whole_causal_past() -> TestResult {
+    const MEMBERS: usize = 6;
+    let mut rng = Rng(7);
+    let store_a = Arc::new(FeedStore::in_memory());
+    let (mut a, owner) = owner_space(store_a.clone());
+    let members: Vec<Member> = (0..MEMBERS as u8)
+        .map(|i| Member::from_seed(10 + i))
+        .collect();
+    for member in &members {
+        admit(&mut a, &owner, member, Role::Editor)?;
+    }
+    let mut stores = vec![store_a.clone()];
+    let mut chain = Vec::new();
+    for member in &members {
+        let store = Arc::new(FeedStore::in_memory());
+        let mut space = Space::join(
+            store.clone(),
+            a.key(),
+            a.genesis_feed(),
+            member.keys.clone(),
+        )?;
+        for earlier in &stores {
+            sync(earlier, &mut space, &mut rng)?;
+        }
+        space.write(|batch| batch.add(&task("next"), None))?;
+        let feed = member.keys.data.public_key();
+        let block = store.get(&feed, Seq(0))?;
+        let named = block.block.timeframe_delta.len();
+        // The owner's control feed, plus the previous writer's data block (none for the first).
+        let expected = if chain.is_empty() { 1 } else { 2 };
+        assert_eq!(
+            named,
+            expected,
+            "writer {} named {named} feeds after {} earlier writers",
+            chain.len(),
+            chain.len()
+        );
+        // Its decoded timeframe still covers every earlier writer's block transitively: the
+        // writer processed them all, and the replica below must deliver them first.
+        chain.push(feed);
+        stores.push(store);
+    }
+
+    // A replica that imports the newest block first, then the rest newest to oldest.
+    let store_c = Arc::new(FeedStore::in_memory());
+    let mut c = Space::join(
+        store_c.clone(),
+        a.key(),
+        a.genesis_feed(),
+        FeedKeys::generate(None)?,
+    )?;
+    for range in ranges(&store_a) {
+        store_c.import(&range)?;
+    }
+    for store in stores.iter().skip(1).rev() {
+        for range in ranges(store) {
+            store_c.import(&range)?;
+        }
+        c.process_all()?;
+    }
+    c.process_all()?;
+    let delivered: Vec<PublicKey> = c
+        .pipeline()
+        .log()
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Data { .. }))
+        .map(|e| e.position.feed)
+        .collect();
+    assert_eq!(
+        delivered, chain,
+        "blocks delivered out of their causal order"
+    );
+    for store in &stores[1..] {
+        sync(store, &mut a, &mut rng)?;
+    }
+    assert_eq!(fingerprint(c.database()), fingerprint(a.database()));
+    Ok(())
+}

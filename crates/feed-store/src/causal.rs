@@ -69,6 +69,8 @@ struct Cursor {
     buffer: VecDeque<DecodedBlock>,
     /// The next block, decoded, with its full timeframe, once it is stored.
     head: Option<(DecodedBlock, Arc<Timeframe>)>,
+    /// The entries the head's block itself names (its delta).
+    head_delta: Vec<(PublicKey, Seq)>,
     broken: bool,
 }
 
@@ -98,6 +100,9 @@ pub struct CausalIterator {
     store: Arc<FeedStore>,
     cursors: BTreeMap<PublicKey, Cursor>,
     processed: Timeframe,
+    /// Every entry of every delivered block's timeframe, merged: what some processed block
+    /// already depends on (see [`CausalIterator::frontier`]).
+    covered: Timeframe,
     ready: BinaryHeap<Reverse<(u64, PublicKey)>>,
     /// dependency feed → (seq needed, waiting feed)
     waiting: HashMap<PublicKey, Vec<(Seq, PublicKey)>>,
@@ -123,6 +128,7 @@ impl CausalIterator {
             store,
             cursors: BTreeMap::new(),
             processed: Timeframe::new(),
+            covered: Timeframe::new(),
             ready: BinaryHeap::new(),
             waiting: HashMap::new(),
             exhausted: BTreeSet::new(),
@@ -160,6 +166,7 @@ impl CausalIterator {
             table_delivered: 0,
             buffer: VecDeque::new(),
             head: None,
+            head_delta: Vec::new(),
             broken: false,
         };
         // Replay the deltas of the blocks already processed.
@@ -189,6 +196,7 @@ impl CausalIterator {
         if let Some(last) = last {
             self.processed.advance(feed, last);
         }
+        self.covered.merge(&cursor.timeframe);
         self.cursors.insert(feed, cursor);
         self.load(feed)
     }
@@ -211,8 +219,10 @@ impl CausalIterator {
             table,
             buffer: VecDeque::new(),
             head: None,
+            head_delta: Vec::new(),
             broken: false,
         };
+        self.covered.merge(&cursor.timeframe);
         self.cursors.insert(feed, cursor);
         if let Some(last) = position.next.0.checked_sub(1) {
             self.processed.advance(feed, Seq(last));
@@ -242,6 +252,26 @@ impl CausalIterator {
         &self.processed
     }
 
+    /// The entries of [`CausalIterator::processed`] that no delivered block depends on, plus
+    /// every entry of a feed `keep` names: the dependencies a block written now needs to name.
+    ///
+    /// An entry left out is in the causal past of one that stays (a delivered block of another
+    /// feed names it, and that feed's position is itself kept or left out the same way; the
+    /// chain ends because delivery order is causal), so a reader that waits for what the block
+    /// names has processed the omitted blocks too. A block naming only this frontier instead of
+    /// every processed feed keeps its timeframe as small as the writes concurrent with it, not
+    /// as large as the number of feeds in the space. Feeds whose full causal past a reader
+    /// must see in the block (control feeds, whose credentials decide validity) go in `keep`.
+    pub fn frontier(&self, keep: impl Fn(&PublicKey) -> bool) -> Timeframe {
+        let mut out = Timeframe::new();
+        for (feed, seq) in self.processed.iter() {
+            if keep(feed) || !self.covered.covers(feed, *seq) {
+                out.advance(*feed, *seq);
+            }
+        }
+        out
+    }
+
     /// Feeds whose next block is stored but waits for a block that is not processed yet, with
     /// the first block each waits for.
     pub fn blocked(&self) -> Vec<(PublicKey, PublicKey, Seq)> {
@@ -268,6 +298,8 @@ impl CausalIterator {
         cursor.next += 1;
         cursor.timeframe = timeframe.clone();
         cursor.table_delivered = cursor.table.keys().len();
+        self.covered
+            .apply_delta(std::mem::take(&mut cursor.head_delta));
         let seq = block.seq();
         self.processed.advance(feed, seq);
         let delivered = Delivered {
@@ -359,10 +391,11 @@ impl CausalIterator {
             cursor.timeframe.clone()
         } else {
             let mut tf = (*cursor.timeframe).clone();
-            tf.apply_delta(delta);
+            tf.apply_delta(delta.iter().copied());
             Arc::new(tf)
         };
         cursor.head = Some((block, timeframe));
+        cursor.head_delta = delta;
         self.evaluate(feed);
         Ok(())
     }

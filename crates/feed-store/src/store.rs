@@ -508,6 +508,17 @@ impl FeedStore {
         Ok((Seq(plan.current.length), plan.first_lamport))
     }
 
+    /// The timeframe a block appended by `writer` at `timeframe` carries, as every reader
+    /// decodes it: the writer's earlier timeframes merged with `timeframe` (other feeds only).
+    pub fn block_timeframe(
+        &self,
+        writer: &PublicKey,
+        timeframe: &Timeframe,
+    ) -> Result<Timeframe, AppendError> {
+        let state = self.lock();
+        Ok(self.plan(&state, *writer, timeframe)?.merged)
+    }
+
     /// What an append by `feed` at `timeframe` does to the writer's state: where it goes, the
     /// merged timeframe and its delta, and the Lamport time of its first block.
     fn plan(

@@ -234,3 +234,45 @@ fn a_missing_dependency_blocks_and_is_reported() -> Result<(), Box<dyn std::erro
     );
     Ok(())
 }
+
+/// The frontier leaves out what a delivered block of another feed already depends on (also
+/// after resuming from a checkpoint), and keeps every feed it is told to keep.
+#[test]
+fn the_frontier_is_what_no_delivered_block_depends_on() -> Result<(), Box<dyn std::error::Error>> {
+    let a = KeyPair::from_seed([5; 32]);
+    let b = KeyPair::from_seed([6; 32]);
+    let c = KeyPair::from_seed([7; 32]);
+    let (ka, kb, kc) = (a.public_key(), b.public_key(), c.public_key());
+    let store = Arc::new(FeedStore::in_memory());
+    store.append(&a, &Timeframe::new(), &[b"a0"])?;
+    store.append(&c, &Timeframe::new(), &[b"c0"])?;
+    store.append(&b, &[(ka, Seq(0))].into_iter().collect(), &[b"b0"])?;
+    store.append(&a, &Timeframe::new(), &[b"a1"])?;
+    let mut iter = CausalIterator::new(store.clone(), [ka, kb, kc], &Timeframe::new())?;
+    while let Some(d) = iter.next() {
+        d?;
+    }
+    // b0 depends on a0, but a moved on to a1, which nothing depends on yet.
+    let everything: Timeframe = [(ka, Seq(1)), (kb, Seq(0)), (kc, Seq(0))]
+        .into_iter()
+        .collect();
+    assert_eq!(iter.processed(), &everything);
+    assert_eq!(iter.frontier(|_| false), everything);
+
+    store.append(
+        &b,
+        &[(ka, Seq(1)), (kc, Seq(0))].into_iter().collect(),
+        &[b"b1"],
+    )?;
+    while let Some(d) = iter.next() {
+        d?;
+    }
+    let only_b: Timeframe = [(kb, Seq(1))].into_iter().collect();
+    assert_eq!(iter.frontier(|_| false), only_b);
+    let keep_c: Timeframe = [(kb, Seq(1)), (kc, Seq(0))].into_iter().collect();
+    assert_eq!(iter.frontier(|feed| *feed == kc), keep_c);
+
+    let resumed = CausalIterator::new(store.clone(), [ka, kb, kc], iter.processed())?;
+    assert_eq!(resumed.frontier(|_| false), only_b);
+    Ok(())
+}

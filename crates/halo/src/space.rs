@@ -27,11 +27,12 @@ pub mod rules;
 pub mod view;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::credential::{
-    Assertion, Credential, CredentialId, CredentialKind, Cutoffs, Delegation, Role,
+    Assertion, Credential, CredentialId, CredentialKind, Cutoffs, Delegation, Designation, Role,
 };
 use crate::keys::PublicKey;
 use crate::timeframe::{Seq, Timeframe};
@@ -166,14 +167,81 @@ struct StoredBlock {
     lamport: u64,
     timeframe: Timeframe,
     payload_hash: blake3::Hash,
-    parsed: Result<Parsed, Refusal>,
+    /// The credential, or why it is refused whatever else holds (boxed: rare, and large).
+    parsed: Result<Arc<Parsed>, Box<Refusal>>,
 }
 
 #[derive(Debug)]
-struct Parsed {
+pub(crate) struct Parsed {
     credential: Credential,
     id: CredentialId,
     delegation: Delegation,
+}
+
+/// Decodes and verifies a control block's credential, from the process-wide memo when
+/// [`share_parsed_credentials`] turned it on.
+fn parse(payload: &[u8], hash: &blake3::Hash) -> Result<Arc<Parsed>, Box<Refusal>> {
+    if let Some(parsed) = shared_parsed(hash) {
+        return Ok(parsed);
+    }
+    let credential =
+        Credential::from_bytes(payload).map_err(|e| Box::new(Refusal::Malformed(e)))?;
+    let delegation = credential
+        .verify()
+        .map_err(|e| Box::new(Refusal::BadProof(e)))?;
+    let parsed = Arc::new(Parsed {
+        id: credential.id(),
+        credential,
+        delegation,
+    });
+    share_parsed(*hash, &parsed);
+    Ok(parsed)
+}
+
+/// Credentials that decoded and verified, by the BLAKE3 hash of their bytes; `None` unless a
+/// simulator turned sharing on.
+static SHARED_PARSED: Mutex<Option<SharedParsed>> = Mutex::new(None);
+
+struct SharedParsed {
+    by_hash: HashMap<blake3::Hash, Arc<Parsed>>,
+    /// How many to keep; when full, the shared set starts again empty.
+    capacity: usize,
+}
+
+/// Makes every replica in this process share one decoded copy of each credential that decoded
+/// and verified (at most `capacity`; when full, the shared set starts again empty).
+///
+/// **For simulators only**, like [`crate::keys::remember_verified_signatures`]: a thousand
+/// simulated replicas each holding their own decoded copy of the same thousands of admission
+/// credentials is gigabytes. Decoding and verifying is a pure function of the bytes, and the
+/// decoded credential is immutable, so sharing it gives every replica what it would have
+/// computed. Credentials that fail are never shared. A node serving real peers never calls it.
+pub fn share_parsed_credentials(capacity: usize) {
+    let mut shared = SHARED_PARSED.lock().unwrap_or_else(PoisonError::into_inner);
+    *shared = Some(SharedParsed {
+        by_hash: HashMap::new(),
+        capacity: capacity.max(1),
+    });
+}
+
+fn shared_parsed(hash: &blake3::Hash) -> Option<Arc<Parsed>> {
+    SHARED_PARSED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()?
+        .by_hash
+        .get(hash)
+        .cloned()
+}
+
+fn share_parsed(hash: blake3::Hash, parsed: &Arc<Parsed>) {
+    let mut shared = SHARED_PARSED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = shared.as_mut() {
+        if shared.by_hash.len() >= shared.capacity {
+            shared.by_hash.clear();
+        }
+        shared.by_hash.insert(hash, parsed.clone());
+    }
 }
 
 impl StoredBlock {
@@ -372,16 +440,7 @@ impl SpaceStateMachine {
             });
         }
 
-        let parsed = Credential::from_bytes(block.payload)
-            .map_err(Refusal::Malformed)
-            .and_then(|credential| {
-                let delegation = credential.verify().map_err(Refusal::BadProof)?;
-                Ok(Parsed {
-                    id: credential.id(),
-                    credential,
-                    delegation,
-                })
-            });
+        let parsed = parse(block.payload, &payload_hash);
         let index = self.blocks.len();
         let feed = self.feeds.entry(block.feed).or_default();
         let running = feed.lamport_max.last().copied().unwrap_or(0);
@@ -562,6 +621,11 @@ impl SpaceStateMachine {
         self.view.feeds.get(feed).cloned()
     }
 
+    /// What an admitted feed carries.
+    pub fn designation(&self, feed: &PublicKey) -> Option<Designation> {
+        self.view.feeds.get(feed).map(|f| f.designation)
+    }
+
     /// Removed members (not re-admitted since), by identity.
     pub fn removed(&self) -> Vec<Removal> {
         self.view.removed()
@@ -639,7 +703,7 @@ impl SpaceStateMachine {
             Some(Some(Ok(_))) => match &self.blocks[index].parsed {
                 Ok(parsed) => Decision::Accepted(parsed.id),
                 // A valid block always parsed; kept total rather than panicking.
-                Err(reason) => Decision::Refused(reason.clone()),
+                Err(reason) => Decision::Refused((**reason).clone()),
             },
             Some(Some(Err(reason))) => Decision::Refused(reason.clone()),
             _ => Decision::Refused(Refusal::NoGenesis {
@@ -691,7 +755,7 @@ impl SpaceStateMachine {
         excluded: &BTreeSet<usize>,
     ) -> Result<Valid, Refusal> {
         let block = &self.blocks[index];
-        let parsed = block.parsed.as_ref().map_err(Clone::clone)?;
+        let parsed = block.parsed.as_ref().map_err(|r| (**r).clone())?;
         let past = self.past_lamport(block);
         if past >= block.lamport {
             return Err(Refusal::LamportNotAfterPast {

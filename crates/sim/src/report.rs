@@ -222,8 +222,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  {} events in {:.0} ms wall: {:.0}x real time (setup {:.0} ms wall before)",
-            self.events, self.wall_ms, self.speed, self.setup_wall_ms
+            "  {} events in {:.0} ms wall: {:.*}x real time (setup {:.0} ms wall before)",
+            self.events,
+            self.wall_ms,
+            if self.speed < 10.0 { 2 } else { 0 },
+            self.speed,
+            self.setup_wall_ms
         );
         let _ = write!(s, "  event log hash {}", self.log_hash);
         s

@@ -75,13 +75,18 @@ pub struct Options {
     /// one peer computed and that passed is answered from memory when another peer makes the
     /// same check (a modelling shortcut: a check is a pure function of key, message and
     /// signature, so outcomes and the event log hash do not change; a check that fails is
-    /// always computed). The memo is process-wide: once a run turned it on, setting this for a
-    /// later run in the same process does not turn it off.
+    /// always computed). It also turns on [`echodb_halo::space::share_parsed_credentials`]:
+    /// peers share one decoded copy of each credential that decoded and verified, instead of
+    /// a thousand copies of the same admissions. Both are process-wide: once a run turned
+    /// them on, setting this for a later run in the same process does not turn them off.
     pub verify_every_signature: bool,
 }
 
 /// Signature checks remembered at most, when shared (32 bytes each plus the set's overhead).
 const REMEMBERED_SIGNATURES: usize = 1 << 20;
+
+/// Decoded credentials shared at most between simulated peers.
+const SHARED_CREDENTIALS: usize = 1 << 16;
 
 /// Consecutive failures after which a link stops trying (until membership changes).
 const MAX_LINK_FAILURES: u32 = 8;
@@ -297,6 +302,7 @@ impl Sim {
         let setup_started = Instant::now();
         if !options.verify_every_signature {
             echodb_halo::keys::remember_verified_signatures(REMEMBERED_SIGNATURES);
+            echodb_halo::space::share_parsed_credentials(SHARED_CREDENTIALS);
         }
         let checks_before = echodb_halo::keys::signature_checks();
         let seed = options.seed;
