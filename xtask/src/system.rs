@@ -67,11 +67,19 @@ fn libclang_present() -> bool {
         std::fs::read_dir(dir).is_ok_and(|entries| {
             entries.flatten().any(|e| {
                 let name = e.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with("libclang") && name.contains(".so")
+                is_libclang(&name.to_string_lossy())
             })
         })
     })
+}
+
+/// `libclang.so…` or `libclang-14.so…`, the names clang-sys loads; not `libclang-cpp.so…`,
+/// which LLVM packages install without the C API.
+fn is_libclang(name: &str) -> bool {
+    let versioned = name
+        .strip_prefix("libclang-")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+    (name.starts_with("libclang.so") || versioned) && name.contains(".so")
 }
 
 /// Makes sure a cargo subcommand is installed, installing it from crates.io if not.
@@ -95,4 +103,18 @@ pub fn ensure_cargo_tool(subcommand: &str, krate: &str, version: &str) -> Result
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_libclang;
+
+    #[test]
+    fn only_the_c_api_library_counts_as_libclang() {
+        assert!(is_libclang("libclang.so"));
+        assert!(is_libclang("libclang.so.1"));
+        assert!(is_libclang("libclang-14.so.1"));
+        assert!(!is_libclang("libclang-cpp.so.14"));
+        assert!(!is_libclang("libclangBasic.a"));
+    }
 }
