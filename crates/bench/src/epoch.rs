@@ -12,7 +12,11 @@
 //! - *join from the epoch in one process* (`join_epoch_in_process_*`, for comparison): the
 //!   control feeds and later blocks as encoded signed ranges, the snapshot through the
 //!   blob-exchange cores over an in-memory pipe;
-//! - *reopen*: the two joined vaults, closed cleanly, opened again (`Space::open`).
+//! - *reopen*: the two joined vaults opened again (`Space::open`): the epoch-joined one after
+//!   a clean close (`Space::close` writes a local checkpoint, and the open starts from it), and
+//!   again without a checkpoint (from the epoch's snapshot and the blocks after its cut, what
+//!   an open after an unclean close does when no earlier checkpoint exists); the full-replay
+//!   one without a checkpoint (it replays every block).
 
 mod net;
 
@@ -166,8 +170,11 @@ pub fn run(quick: bool) -> Result<Report> {
     let (join_epoch_ms, join_epoch_bytes, join_snapshot_bytes) =
         (joined.ms, joined.bytes, joined.snapshot_bytes);
     let epoch_keyring = joined.keyring;
-    // A clean close of the joined vault (its store flushes as it closes).
-    drop(joined.space);
+    // A clean close of the joined vault: the space writes its local checkpoint, and the store
+    // flushes as it closes.
+    let start = Instant::now();
+    ensure!(joined.space.close()?, "no checkpoint was written at close");
+    let close_checkpoint_ms = start.elapsed().as_secs_f64() * 1e3;
     drop(host);
 
     let mut reopen_full_replay_ms = None;
@@ -188,7 +195,7 @@ pub fn run(quick: bool) -> Result<Report> {
         drop(reopened);
     }
 
-    progress("reopen from the epoch");
+    progress("reopen after a clean close (the local checkpoint)");
     let start = Instant::now();
     let store = Arc::new(FeedStore::open(
         epoch_path.join("store"),
@@ -197,6 +204,34 @@ pub fn run(quick: bool) -> Result<Report> {
     let store_open_ms = start.elapsed().as_secs_f64() * 1e3;
     let reopened = Space::open(store, &epoch_keyring, space_key)?;
     let reopen_epoch_ms = start.elapsed().as_secs_f64() * 1e3;
+    ensure!(
+        reopened.pipeline().resumed_from().is_some(),
+        "the reopened space did not start from its checkpoint"
+    );
+    ensure!(
+        fingerprint(&reopened) == expected,
+        "reopened from the checkpoint differs"
+    );
+    let store = reopened.store().clone();
+    let start = Instant::now();
+    let checkpoint_bytes = echodb_echo::checkpoint::stored(&store, &space_key)?
+        .context("no checkpoint stored")?
+        .len();
+    let read_checkpoint_ms = start.elapsed().as_secs_f64() * 1e3;
+    // An unclean close (no checkpoint written), and no checkpoint from before: the open starts
+    // from the epoch's snapshot and applies every block after its cut.
+    drop(reopened);
+    echodb_echo::checkpoint::discard(&store, &space_key)?;
+    progress(
+        "reopen without a checkpoint (from the epoch's snapshot; the store open counted as before)",
+    );
+    let start = Instant::now();
+    let reopened = Space::open(store, &epoch_keyring, space_key)?;
+    let reopen_epoch_from_snapshot_ms = store_open_ms + start.elapsed().as_secs_f64() * 1e3;
+    ensure!(
+        reopened.pipeline().resumed_from().is_none(),
+        "a checkpoint was used after it was discarded"
+    );
     let base = reopened
         .pipeline()
         .base()
@@ -246,11 +281,19 @@ pub fn run(quick: bool) -> Result<Report> {
         figure("join_epoch_in_process_bytes", local_bytes as f64, "bytes"),
         figure("snapshot_bytes", created.snapshot_bytes as f64, "bytes"),
         figure("create_epoch_ms", create_epoch_ms, "ms"),
+        figure("close_checkpoint_ms", close_checkpoint_ms, "ms"),
+        figure("checkpoint_bytes", checkpoint_bytes as f64, "bytes"),
         figure("reopen_epoch_ms", reopen_epoch_ms, "ms"),
         figure("reopen_epoch_store_open_ms", store_open_ms, "ms"),
         figure(
             "reopen_epoch_space_ms",
             reopen_epoch_ms - store_open_ms,
+            "ms",
+        ),
+        figure("reopen_epoch_read_checkpoint_ms", read_checkpoint_ms, "ms"),
+        figure(
+            "reopen_epoch_from_snapshot_ms",
+            reopen_epoch_from_snapshot_ms,
             "ms",
         ),
         figure("reopen_epoch_read_snapshot_ms", read_snapshot_ms, "ms"),

@@ -302,6 +302,9 @@ pub struct Database {
     /// The emptied [`Touched`] of the last commit, kept for the next: its room was written
     /// already, so a block of thousands of objects does not fault in fresh pages each time.
     spare_touched: Touched,
+    /// Objects collected at a settled epoch, with its number: their state is dropped and every
+    /// later mutation of them is refused (see docs/protocol.md, "Collecting deleted objects").
+    pub(crate) collected: BTreeMap<ObjectId, u64>,
 }
 
 /// How yrs splits blocks depends on the order updates arrived in; integrating the whole state
@@ -400,6 +403,7 @@ impl Database {
             config,
             indexes_deferred: false,
             spare_touched: Touched::default(),
+            collected: BTreeMap::new(),
         }
     }
 
@@ -538,6 +542,9 @@ impl Database {
         op: Op,
         touched: &mut Touched,
     ) -> Result<bool, String> {
+        if let Some(epoch) = self.collected.get(&id) {
+            return Err(format!("object {id} was collected at epoch {epoch}"));
+        }
         if let Op::Create {
             type_name,
             model,
@@ -961,6 +968,21 @@ impl Database {
     /// Whether the object exists (deleted or not).
     pub fn contains(&self, id: ObjectId) -> bool {
         self.objects.contains_key(&id)
+    }
+
+    /// The objects collected at settled epochs, with the epoch each was collected at.
+    pub fn collected(&self) -> &BTreeMap<ObjectId, u64> {
+        &self.collected
+    }
+
+    /// Collects `ids` at epoch `epoch`: their state is dropped (subscriptions see them leave)
+    /// and every later mutation of them is refused.
+    pub(crate) fn collect(&mut self, ids: &BTreeSet<ObjectId>, epoch: u64) {
+        for id in ids {
+            self.collected.entry(*id).or_insert(epoch);
+        }
+        // Rebuilt from nothing: collected objects take no mutation, so they vanish.
+        self.rebuild_objects_on(ids, &[], std::iter::empty());
     }
 
     /// Number of objects, deleted ones included.

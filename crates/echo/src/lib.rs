@@ -35,6 +35,7 @@
 //! ```
 
 pub mod branch;
+pub mod checkpoint;
 pub mod database;
 pub mod error;
 pub mod id;
@@ -49,6 +50,7 @@ pub mod subscription;
 pub mod value;
 
 pub use branch::{Branch, BranchError, SpaceView};
+pub use checkpoint::{CHECKPOINT_VERSION, CheckpointError, CheckpointRefusal};
 pub use database::{
     ApplyReport, Batch, BlockOrigin, Change, Config, Database, LocalCommit, ObjectType, ObjectView,
     RebuildReport, Refusal, Stamp,
@@ -64,7 +66,7 @@ pub use pipeline::{
     RefusedBlock, SnapshotBase,
 };
 pub use query::{Direction, FieldOp, Filter, Query};
-pub use snapshot::{FeedStart, SNAPSHOT_VERSION, Snapshot, SnapshotError};
+pub use snapshot::{Collections, FeedStart, SNAPSHOT_VERSION, Snapshot, SnapshotError};
 pub use space::{
     CreateError, CredentialWriteError, FeedKeys, LocalWriteError, OpenError, Space, Written,
 };

@@ -19,6 +19,7 @@ use echodb_proto::Message as _;
 use echodb_proto::db::Mutations;
 
 use crate::branch::{Branch, BranchError, SpaceView};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointRefusal};
 use crate::database::{Batch, BlockOrigin, Config, Database, LocalCommit, ObjectView};
 use crate::error::{CommitError, WriteError};
 use crate::pipeline::{Pipeline, PipelineError, ProcessReport, RefusedBlock, SnapshotBase};
@@ -391,6 +392,10 @@ impl Space {
             snapshot_key(&self.space),
             Bytes::copy_from_slice(&cid.0),
         );
+        if Self::remembered_snapshot(self.store(), &self.space)? != Some(cid) {
+            // A checkpoint made from another start would be refused as stale; drop it now.
+            batch.delete(Column::Meta, checkpoint::checkpoint_key(&self.space));
+        }
         self.store()
             .storage()
             .write(batch, self.store().options().durability)
@@ -442,13 +447,15 @@ impl Space {
             &snapshot.objects,
         )
         .map_err(refuse)?;
+        let collections = snapshot.collections_to_start();
         let base = SnapshotBase {
             cid,
             epoch: snapshot.epoch,
             timeframe: snapshot.timeframe.clone(),
             feeds: snapshot.feeds,
         };
-        let pipeline = Pipeline::from_snapshot(store, space, genesis_feed, db, base)?;
+        let mut pipeline = Pipeline::from_snapshot(store, space, genesis_feed, db, base)?;
+        pipeline.set_collections(collections);
         let mut this = Self {
             space,
             genesis_feed,
@@ -456,17 +463,123 @@ impl Space {
             pipeline,
         };
         let report = this.pipeline.process_all()?;
-        let named = this.halo().epochs().iter().any(|e| {
-            e.snapshot.0 == cid.0 && e.number == snapshot.epoch && e.timeframe == snapshot.timeframe
-        });
-        if !named {
-            return Err(refuse(format!(
-                "no accepted epoch of the space names it with its number ({}) and cut",
-                snapshot.epoch
-            )));
-        }
+        this.check_base_named()?;
         tracing::debug!(space = %space.short(), ?report, epoch = snapshot.epoch, "space loaded from a snapshot");
         Ok(this)
+    }
+
+    /// Checks that an accepted epoch of the space names the snapshot the pipeline started from,
+    /// with its number and cut (call after processing the control feeds).
+    fn check_base_named(&self) -> Result<(), OpenError> {
+        let Some(base) = self.pipeline.base() else {
+            return Ok(());
+        };
+        let named = self.halo().epochs().iter().any(|e| {
+            e.snapshot.0 == base.cid.0 && e.number == base.epoch && e.timeframe == base.timeframe
+        });
+        if named {
+            return Ok(());
+        }
+        Err(OpenError::Snapshot {
+            space: self.space,
+            cid: base.cid,
+            reason: format!(
+                "no accepted epoch of the space names it with its number ({}) and cut",
+                base.epoch
+            ),
+        })
+    }
+
+    /// Starts from the local checkpoint, if one is stored and usable: its objects, then every
+    /// block after its base's cut (or every block) read again, the data blocks its cut covers
+    /// logged without being applied again. `None` (the open goes on without it) when there is
+    /// none or it is refused; see [`crate::checkpoint`].
+    fn resume(
+        store: &Arc<FeedStore>,
+        space: PublicKey,
+        genesis_feed: PublicKey,
+        keys: &FeedKeys,
+        start: Option<Cid>,
+    ) -> Result<Option<Self>, OpenError> {
+        let stored = checkpoint::stored(store, &space).map_err(|source| OpenError::Storage {
+            space,
+            source: Box::new(source),
+        })?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let loaded = Checkpoint::decode(stored, &space).and_then(|c| {
+            let got = c.base.as_ref().map(|b| b.cid);
+            if got != start {
+                return Err(CheckpointRefusal::Stale {
+                    expected: start,
+                    got,
+                });
+            }
+            let db = Database::from_snapshot_objects(
+                keys.data.public_key(),
+                Config::default(),
+                &c.objects,
+            )
+            .map_err(CheckpointRefusal::Objects)?;
+            Ok((c, db))
+        });
+        let (checkpoint, db) = match loaded {
+            Ok(loaded) => loaded,
+            Err(refusal) => {
+                tracing::warn!(space = %space.short(), %refusal, "local checkpoint not used; opening without it");
+                return Ok(None);
+            }
+        };
+        let checkpoint = Checkpoint {
+            objects: Vec::new(),
+            ..checkpoint
+        };
+        let pipeline =
+            Pipeline::from_checkpoint(store.clone(), space, genesis_feed, db, checkpoint)?;
+        let mut this = Self {
+            space,
+            genesis_feed,
+            keys: keys.clone(),
+            pipeline,
+        };
+        let report = this.pipeline.process_all()?;
+        this.pipeline.end_resume()?;
+        this.check_base_named()?;
+        tracing::debug!(space = %space.short(), ?report, "space loaded from its local checkpoint");
+        Ok(Some(this))
+    }
+
+    /// Writes a local checkpoint of what this space has processed (after processing every
+    /// deliverable block), so that the next [`Space::open`] starts from it; see
+    /// [`crate::checkpoint`]. Returns whether one was written: not while mutations wait for
+    /// objects not created yet, or when the space no longer starts from the snapshot it was
+    /// loaded from (a later epoch was remembered).
+    pub fn checkpoint(&mut self) -> Result<bool, CheckpointError> {
+        let space = self.space;
+        let storage = |source| CheckpointError::Storage {
+            space,
+            source: Box::new(source),
+        };
+        self.pipeline.process_all()?;
+        let start = Self::remembered_snapshot(self.store(), &space).map_err(storage)?;
+        if self.pipeline.base().map(|b| b.cid) != start {
+            return Ok(false);
+        }
+        let Some(checkpoint) = self.pipeline.checkpoint()? else {
+            return Ok(false);
+        };
+        let bytes = checkpoint.encode(&space);
+        tracing::debug!(space = %space.short(), bytes = bytes.len(), objects = checkpoint.objects.len(), "checkpoint written");
+        checkpoint::write(self.store(), &space, bytes).map_err(storage)?;
+        Ok(true)
+    }
+
+    /// Closes the space cleanly: writes a [checkpoint](Space::checkpoint), so the next open
+    /// starts from it, and returns whether it did. Dropping a space without closing it loses
+    /// nothing (every write is in its feed); the next open is only slower.
+    pub fn close(mut self) -> Result<bool, CheckpointError> {
+        self.checkpoint()
     }
 
     /// Writes the record that lets the space be opened again.
@@ -516,7 +629,9 @@ impl Space {
     }
 
     /// Opens a space this vault holds: reads its record, takes its feed keys from the keyring,
-    /// and replays its feeds.
+    /// and starts from its local checkpoint (written by [`Space::close`]) if one is usable, else
+    /// from its remembered epoch snapshot, else by replaying its feeds; then processes the
+    /// blocks after where it started.
     pub fn open(
         store: Arc<FeedStore>,
         keyring: &Keyring,
@@ -548,6 +663,9 @@ impl Space {
                 space,
                 source: Box::new(source),
             })?;
+        if let Some(this) = Self::resume(&store, space, record.genesis_feed, &keys, remembered)? {
+            return Ok(this);
+        }
         match remembered {
             Some(cid) => Self::load(store, space, record.genesis_feed, keys, cid),
             None => Self::replay(store, space, record.genesis_feed, keys),
@@ -590,6 +708,7 @@ impl Space {
         let mut batch = WriteBatch::new();
         batch.delete(Column::Meta, record_key(space));
         batch.delete(Column::Meta, snapshot_key(space));
+        batch.delete(Column::Meta, checkpoint::checkpoint_key(space));
         store.storage().write(batch, store.options().durability)?;
         let mut dropped = 0;
         for feed in feeds {

@@ -91,6 +91,22 @@ pub struct Client {
     spaces: RefCell<BTreeMap<PublicKey, Space>>,
 }
 
+impl Drop for Client {
+    /// Closing the vault closes each open space cleanly: it writes the space's local
+    /// checkpoint, so the next open starts from it (see [`echodb_echo::Space::close`]). A
+    /// failure only makes that open slower.
+    fn drop(&mut self) {
+        for (key, space) in self.spaces.get_mut().iter() {
+            let Ok(mut inner) = space.inner() else {
+                continue;
+            };
+            if let Err(error) = inner.checkpoint() {
+                tracing::warn!(space = %key.short(), %error, "writing the space's checkpoint failed");
+            }
+        }
+    }
+}
+
 impl Client {
     /// Opens the vault in `vault`, creating it (owner-only permissions) if it does not exist.
     pub fn open(vault: impl AsRef<Path>) -> Result<Self, OpenError> {

@@ -20,9 +20,38 @@ pub struct Snapshot {
     /// Membership as of the cut (informative: control feeds are always read in full).
     #[prost(message, optional, tag = "6")]
     pub halo: ::core::option::Option<HaloState>,
-    /// Every object the valid data blocks of the cut created, deleted ones included. Sorted by id.
+    /// Every object the valid data blocks of the cut created, deleted ones included, except
+    /// collected ones. Sorted by id.
     #[prost(message, repeated, tag = "7")]
     pub objects: ::prost::alloc::vec::Vec<SnapshotObject>,
+    /// Objects collected at settled epochs (their state is dropped; every later mutation of them
+    /// is refused). Sorted by id.
+    #[prost(message, repeated, tag = "8")]
+    pub collected: ::prost::alloc::vec::Vec<CollectedObject>,
+    /// How many epochs of the sequence, from the first, had their collection applied at the cut.
+    #[prost(uint64, tag = "9")]
+    pub collected_through: u64,
+    /// For each epoch from `collected_through` to `epoch - 1`, in order: the objects deleted at
+    /// its cut, collected when it settles (a replica starting here cannot tell them from its
+    /// blocks). Those of this epoch are the deleted objects above.
+    #[prost(message, repeated, tag = "10")]
+    pub pending: ::prost::alloc::vec::Vec<PendingCollection>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CollectedObject {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub object_id: ::prost::bytes::Bytes,
+    /// The epoch it was collected at.
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PendingCollection {
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// Sorted, no duplicates.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub object_ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FeedSeq {
@@ -108,4 +137,67 @@ pub struct SnapshotObject {
     /// so loading builds no document.
     #[prost(bytes = "bytes", tag = "10")]
     pub value: ::prost::bytes::Bytes,
+}
+/// A local checkpoint of a space (never sent, never named by a credential): the database at a
+/// cut of what this device had processed, written when the space is closed cleanly, so that the
+/// next open starts from it and applies only the data blocks after its cut. Kept in the store's
+/// `meta` column as BLAKE3(bytes) ‖ bytes; refused (and the space opened from its epoch or by
+/// replay) when the hash, version or space does not match, or its base is not the snapshot the
+/// space starts from. See docs/protocol.md, "Local checkpoints".
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Checkpoint {
+    /// 1. A reader refuses any other version.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The space key (32 bytes).
+    #[prost(bytes = "bytes", tag = "2")]
+    pub space_key: ::prost::bytes::Bytes,
+    /// The epoch snapshot the pipeline had started from (absent: it replayed every block).
+    #[prost(message, optional, tag = "3")]
+    pub base: ::core::option::Option<CheckpointBase>,
+    /// The cut: what the pipeline had processed. Sorted by feed key, no duplicates.
+    #[prost(message, repeated, tag = "4")]
+    pub timeframe: ::prost::alloc::vec::Vec<FeedSeq>,
+    /// The data blocks the cut covers (after the base's cut) that are not applied, sorted by
+    /// (feed, seq); every other such block is applied.
+    #[prost(message, repeated, tag = "5")]
+    pub unapplied: ::prost::alloc::vec::Vec<UnappliedBlock>,
+    /// Every object the database held, sorted by id. Documents as the database held them (not
+    /// necessarily in canonical form).
+    #[prost(message, repeated, tag = "6")]
+    pub objects: ::prost::alloc::vec::Vec<SnapshotObject>,
+    /// Collections, as in `Snapshot` (pending: the epochs whose deleted objects the pipeline had
+    /// from its snapshot, not from its blocks).
+    #[prost(message, repeated, tag = "7")]
+    pub collected: ::prost::alloc::vec::Vec<CollectedObject>,
+    #[prost(uint64, tag = "8")]
+    pub collected_through: u64,
+    #[prost(message, repeated, tag = "9")]
+    pub pending: ::prost::alloc::vec::Vec<PendingCollection>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CheckpointBase {
+    /// The snapshot's CID.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub cid: ::prost::bytes::Bytes,
+    /// Its epoch number.
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    /// Its cut. Sorted by feed key.
+    #[prost(message, repeated, tag = "3")]
+    pub timeframe: ::prost::alloc::vec::Vec<FeedSeq>,
+    /// Where reading each data feed of its cut goes on. Sorted by feed key.
+    #[prost(message, repeated, tag = "4")]
+    pub feeds: ::prost::alloc::vec::Vec<FeedStart>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnappliedBlock {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub feed: ::prost::bytes::Bytes,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// Empty: its writer could not write it (judged again when loading). Otherwise it is
+    /// malformed, for this reason (never applied).
+    #[prost(string, tag = "3")]
+    pub malformed: ::prost::alloc::string::String,
 }
