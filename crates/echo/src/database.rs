@@ -331,15 +331,15 @@ fn parse_id(bytes: &[u8], what: &str) -> Result<ObjectId, String> {
     ObjectId::from_slice(bytes).map_err(|e| format!("{what}: {e}"))
 }
 
-/// The type and model names of the last `Create` checked, so that the objects a block creates
-/// share one allocation of each name.
+/// The type and model names of the last object read (a `Create` checked, a snapshot object
+/// loaded), so that objects of one type share one allocation of each name.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
     type_name: Option<Arc<str>>,
     model: Option<Arc<str>>,
 }
 
-fn intern(slot: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
+pub(crate) fn intern(slot: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
     match slot {
         Some(held) if &**held == name => held.clone(),
         _ => slot.insert(Arc::from(name)).clone(),

@@ -25,9 +25,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map};
 use std::sync::Arc;
 
 use echodb_feed_store::{CausalError, CausalIterator, Cid, Delivered, FeedStore, ReadError};
+use echodb_halo::space::rules::role_may_write;
 use echodb_halo::{
-    Assertion, BlockKind, ControlBlock, Credential, CredentialId, Decision, Designation, Position,
-    PublicKey, Refusal, SpaceStateMachine, Timeframe,
+    Assertion, BlockKind, ControlBlock, Credential, CredentialId, CredentialKind, Decision,
+    Designation, Position, PublicKey, Refusal, SpaceStateMachine, Timeframe,
 };
 use echodb_proto::Message as _;
 use echodb_proto::db::Mutations;
@@ -222,6 +223,11 @@ pub struct Pipeline {
     /// Every `Epoch` credential the state machine took, with the control feeds that moved
     /// past it.
     epoch_covers: Vec<EpochCover>,
+    /// Who could write an epoch, as every control block delivered so far tells.
+    epoch_writers: EpochWriters,
+    /// Every control feed an admission delivered so far names (valid or not), with the
+    /// identities named.
+    admitted_control: BTreeMap<PublicKey, BTreeSet<PublicKey>>,
     /// How many epochs of the sequence, from the first, had their collection applied.
     collected_through: u64,
     /// The objects deleted at the cut of epochs not collected yet, where this pipeline's log
@@ -238,6 +244,80 @@ struct EpochCover {
     position: Position,
     credential: CredentialId,
     moved_past: BTreeSet<PublicKey>,
+    /// Who could write an epoch competing with it: as the control blocks delivered before it
+    /// and those delivered since that do not follow it tell.
+    writers: EpochWriters,
+}
+
+impl EpochCover {
+    /// Whether `d` follows the credential: a later block of its feed, or one whose own
+    /// timeframe covers it.
+    fn follows(&self, d: &Delivered) -> bool {
+        let p = self.position;
+        if d.feed == p.feed {
+            d.seq > p.seq
+        } else {
+            d.timeframe.covers(&p.feed, p.seq)
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.writers.control_feeds.is_subset(&self.moved_past)
+    }
+}
+
+/// Who could write an `Epoch` credential, as a set of credentials tells, counting each one
+/// whatever its decision (a decision may still change): identities some credential makes an
+/// owner or admin, and their control feeds as admissions name them. See
+/// [`Pipeline::settled_epochs`].
+#[derive(Debug, Clone, Default)]
+struct EpochWriters {
+    admins: BTreeSet<PublicKey>,
+    /// The control feeds of `admins`.
+    control_feeds: BTreeSet<PublicKey>,
+}
+
+impl EpochWriters {
+    fn add_admin(
+        &mut self,
+        identity: PublicKey,
+        admitted: &BTreeMap<PublicKey, BTreeSet<PublicKey>>,
+    ) {
+        if !self.admins.insert(identity) {
+            return;
+        }
+        self.control_feeds.extend(
+            admitted
+                .iter()
+                .filter(|(_, identities)| identities.contains(&identity))
+                .map(|(feed, _)| *feed),
+        );
+    }
+
+    /// Takes in `credential`; `admitted` maps every control feed admitted so far (by any
+    /// credential delivered, `credential` included) to the identities named for it.
+    fn note(
+        &mut self,
+        credential: &Credential,
+        admitted: &BTreeMap<PublicKey, BTreeSet<PublicKey>>,
+    ) {
+        let claim = credential.claim();
+        match &claim.assertion {
+            Assertion::SpaceMember { role }
+                if role_may_write(*role, BlockKind::Credential(CredentialKind::Epoch)) =>
+            {
+                self.add_admin(claim.subject, admitted);
+            }
+            Assertion::AdmittedFeed {
+                designation: Designation::Control,
+                identity,
+                ..
+            } if self.admins.contains(identity) => {
+                self.control_feeds.insert(claim.subject);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A checkpoint being loaded: the data blocks its cut covers are in the database already (if
@@ -351,6 +431,8 @@ impl Pipeline {
             resume: None,
             resumed_from: None,
             epoch_covers: Vec::new(),
+            epoch_writers: EpochWriters::default(),
+            admitted_control: BTreeMap::new(),
             collected_through: 0,
             pending: BTreeMap::new(),
         })
@@ -440,32 +522,7 @@ impl Pipeline {
         if again.is_empty() {
             return Ok(deleted);
         }
-        let log = &self.log;
-        let object_blocks = self.object_blocks.get_or_insert_with(|| {
-            let mut object_blocks = HashMap::new();
-            for (index, entry) in log.iter().enumerate() {
-                note_objects(&mut object_blocks, index, entry);
-            }
-            object_blocks
-        });
-        let indexes: BTreeSet<usize> = again
-            .iter()
-            .filter_map(|id| object_blocks.get(id))
-            .flat_map(LogIndexes::as_slice)
-            .copied()
-            .filter(|i| {
-                self.log.get(*i).is_some_and(|e| {
-                    cut.covers(&e.position.feed, e.position.seq)
-                        && matches!(
-                            e.kind,
-                            EntryKind::Data {
-                                status: DataStatus::Applied,
-                                ..
-                            }
-                        )
-                })
-            })
-            .collect();
+        let indexes = self.applied_blocks_naming(&again, |p| cut.covers(&p.feed, p.seq));
         let blocks = self.read_blocks(indexes)?;
         let base = self.base_objects(&again)?;
         let mut scratch = Database::new(self.db.writer());
@@ -552,29 +609,27 @@ impl Pipeline {
         self.base.as_ref()
     }
 
-    /// How many epochs of the sequence, from the first, are **settled**: every control feed of
-    /// the space (any role, removed or not, as far as the control blocks held tell) has a
-    /// delivered block after the epoch's credential. No credential that does not follow the
-    /// epoch can arrive any more (every feed that could write one, or admit or promote a feed
-    /// that could, has moved past it, so its earlier blocks are held), so no competing epoch
-    /// with its number can come first and the sequence up to it never switches again. A
-    /// function of the control blocks held: every replica holding the same ones agrees,
+    /// How many epochs of the sequence, from the first, are **settled**: every control feed
+    /// that could write an epoch competing with it has a delivered block after its credential
+    /// (a block whose own timeframe covers it, or a later block of its own feed). A feed could
+    /// if a credential delivered before the epoch, or one that does not follow it, makes its
+    /// identity an owner or admin, and an admission of the same kind names it; credentials
+    /// count whatever their decision, and removed members count.
+    ///
+    /// Then no competing epoch can arrive any more: it would be written on a feed whose
+    /// identity is an admin in that block's causal past, by a role grant and an admission that
+    /// either follow the epoch (then so does the competing block) or not; if not, they were
+    /// written by an admin's control feed or by another feed of the same identity (a member
+    /// admits its own devices' feeds), and by induction along those credentials every such
+    /// feed is counted and has moved past the epoch, so its earlier blocks, the grant and the
+    /// admission among them, are held. So the sequence up to the epoch never switches again.
+    /// Readers and editors that never write again do not hold epochs; an admin's feed that
+    /// never writes again (a lost device not yet revoked, a removed admin) does.
+    ///
+    /// A function of the control blocks held: every replica holding the same ones agrees,
     /// whatever it started from (control feeds are always read in full). See
-    /// docs/protocol.md, "What an epoch does not do (yet)".
+    /// docs/protocol.md, "Collecting deleted objects".
     pub fn settled_epochs(&self) -> usize {
-        let control: BTreeSet<PublicKey> = self
-            .feeds
-            .iter()
-            .filter(|(_, d)| **d == Designation::Control)
-            .map(|(f, _)| *f)
-            .chain(
-                self.halo
-                    .feeds()
-                    .into_iter()
-                    .filter(|f| f.designation == Designation::Control)
-                    .map(|f| f.feed),
-            )
-            .collect();
         self.halo
             .epochs()
             .iter()
@@ -582,38 +637,50 @@ impl Pipeline {
                 self.epoch_covers
                     .iter()
                     .find(|c| c.credential == epoch.credential)
-                    .is_some_and(|c| control.is_subset(&c.moved_past))
+                    .is_some_and(EpochCover::settled)
             })
             .count()
     }
 
-    /// Notes which epochs the delivered control block `d` moves its feed past, and starts
-    /// following `d` itself if it is an `Epoch` credential the state machine took (accepted or
-    /// not: a later decision may accept it).
+    /// Notes which epochs the delivered control block `d` moves its feed past, and who it
+    /// makes able to write an epoch, for every epoch it does not follow; then starts following
+    /// `d` itself if it is an `Epoch` credential the state machine took (accepted or not: a
+    /// later decision may accept it).
     fn note_epoch_covers(&mut self, d: &Delivered, accepted: Option<bool>) {
-        for cover in &mut self.epoch_covers {
-            let p = cover.position;
-            let after = if d.feed == p.feed {
-                d.seq > p.seq
-            } else {
-                d.timeframe.covers(&p.feed, p.seq)
-            };
-            if after {
-                cover.moved_past.insert(d.feed);
-            }
-        }
         let position = Position {
             feed: d.feed,
             seq: d.seq,
         };
-        if accepted.is_some()
-            && let Some(credential) = self.halo.credential_at(position)
-            && matches!(credential.claim().assertion, Assertion::Epoch(_))
+        let credential = self.halo.credential_at(position);
+        if let Some(credential) = credential
+            && let Assertion::AdmittedFeed {
+                designation: Designation::Control,
+                identity,
+                ..
+            } = &credential.claim().assertion
         {
+            self.admitted_control
+                .entry(credential.claim().subject)
+                .or_default()
+                .insert(*identity);
+        }
+        for cover in &mut self.epoch_covers {
+            if cover.follows(d) {
+                cover.moved_past.insert(d.feed);
+            } else if let Some(credential) = credential {
+                cover.writers.note(credential, &self.admitted_control);
+            }
+        }
+        let Some(credential) = credential else {
+            return;
+        };
+        self.epoch_writers.note(credential, &self.admitted_control);
+        if accepted.is_some() && matches!(credential.claim().assertion, Assertion::Epoch(_)) {
             self.epoch_covers.push(EpochCover {
                 position,
                 credential: credential.id(),
                 moved_past: BTreeSet::new(),
+                writers: self.epoch_writers.clone(),
             });
         }
     }
@@ -1227,6 +1294,40 @@ impl Pipeline {
         Ok(affected.into_iter().collect())
     }
 
+    /// Log indexes of the applied data blocks that name one of `ids` and whose position `keep`
+    /// accepts, in log order (the object index is built on first use).
+    fn applied_blocks_naming(
+        &mut self,
+        ids: &BTreeSet<ObjectId>,
+        keep: impl Fn(&Position) -> bool,
+    ) -> BTreeSet<usize> {
+        let log = &self.log;
+        let object_blocks = self.object_blocks.get_or_insert_with(|| {
+            let mut object_blocks = HashMap::new();
+            for (index, entry) in log.iter().enumerate() {
+                note_objects(&mut object_blocks, index, entry);
+            }
+            object_blocks
+        });
+        ids.iter()
+            .filter_map(|id| object_blocks.get(id))
+            .flat_map(LogIndexes::as_slice)
+            .copied()
+            .filter(|i| {
+                log.get(*i).is_some_and(|e| {
+                    keep(&e.position)
+                        && matches!(
+                            e.kind,
+                            EntryKind::Data {
+                                status: DataStatus::Applied,
+                                ..
+                            }
+                        )
+                })
+            })
+            .collect()
+    }
+
     /// Rebuilds `ids` from their applied blocks, in log order.
     pub(crate) fn rebuild(
         &mut self,
@@ -1236,29 +1337,7 @@ impl Pipeline {
             // Covered blocks not logged yet are left out of this rebuild: again at the end.
             resume.stale.extend(ids.iter().copied());
         }
-        let log = &self.log;
-        let object_blocks = self.object_blocks.get_or_insert_with(|| {
-            let mut object_blocks = HashMap::new();
-            for (index, entry) in log.iter().enumerate() {
-                note_objects(&mut object_blocks, index, entry);
-            }
-            object_blocks
-        });
-        let indexes: BTreeSet<usize> = ids
-            .iter()
-            .filter_map(|id| object_blocks.get(id))
-            .flat_map(LogIndexes::as_slice)
-            .copied()
-            .filter(|i| {
-                matches!(
-                    self.log.get(*i).map(|e| &e.kind),
-                    Some(EntryKind::Data {
-                        status: DataStatus::Applied,
-                        ..
-                    })
-                )
-            })
-            .collect();
+        let indexes = self.applied_blocks_naming(ids, |_| true);
         let blocks = self.read_blocks(indexes)?;
         let base = self.base_objects(ids)?;
         let report = self.db.rebuild_objects_on(ids, &base, blocks);

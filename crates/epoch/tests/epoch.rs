@@ -1050,12 +1050,20 @@ fn checkpoint_reopens_equal_full_replay_and_bad_ones_are_refused() -> TestResult
     let clean = Space::open(world.store.clone(), &keyring, key)?;
     let cut = clean.pipeline().resumed_from().cloned().expect("resumed");
     assert_eq!(fingerprint(&clean), full(&world)?);
+    // The owner's admission of the device moved its feed past the epoch, so the objects
+    // deleted at its cut were collected, and the checkpoint carries that.
+    assert!(!clean.database().collected().is_empty());
     // More writes, here and elsewhere, then a crash: the next open starts from the checkpoint
     // made before them and applies them.
     let mut crashed = clean;
     run(&mut world, &mut ids, &ops[12..])?;
     crashed.process_all()?;
-    crashed.write(|b| b.delete(ids[0]))?;
+    let live = ids
+        .iter()
+        .copied()
+        .find(|id| crashed.database().contains(*id))
+        .expect("a live object");
+    crashed.write(|b| b.delete(live))?;
     drop(crashed);
     let reopened = Space::open(world.store.clone(), &keyring, key)?;
     assert_eq!(reopened.pipeline().resumed_from(), Some(&cut));
@@ -1153,11 +1161,12 @@ fn settled(world: &mut World) -> Result<Vec<usize>, Box<dyn std::error::Error>> 
     Ok(out)
 }
 
-/// An epoch settles only once every control feed of the space has a block after it, including
-/// a feed admitted concurrently with it (which could have written a competing epoch first in
-/// the canonical order); every replica, whatever it started from, agrees at each step.
+/// An epoch settles only once every control feed of the space that could write an epoch has a
+/// block after it, including a feed admitted concurrently with it (which could have written a
+/// competing epoch first in the canonical order); every replica, whatever it started from,
+/// agrees at each step.
 #[test]
-fn epochs_settle_when_every_control_feed_moved_past_them() -> TestResult {
+fn epochs_settle_when_every_feed_that_could_write_one_moved_past_them() -> TestResult {
     let mut world = World::new(&[Role::Admin, Role::Editor])?;
     let mut ids = Vec::new();
     let ops = [
@@ -1204,6 +1213,52 @@ fn epochs_settle_when_every_control_feed_moved_past_them() -> TestResult {
     for (i, identity) in [owner, admin.clone(), editor, admin].iter().enumerate() {
         profile(&mut world.spaces[i], identity)?;
     }
+    assert_eq!(settled(&mut world)?, vec![2; 6]);
+    Ok(())
+}
+
+/// Feeds that could never write an epoch do not keep one from settling: an editor and a reader
+/// that never write again do not. But a reader made an admin concurrently with an epoch could
+/// have written a competing one, so it holds that epoch until it moves past it.
+#[test]
+fn only_feeds_that_could_write_an_epoch_keep_it_unsettled() -> TestResult {
+    let mut world = World::new(&[Role::Admin, Role::Editor, Role::Reader])?;
+    let mut ids = Vec::new();
+    let ops = [
+        Op::Create {
+            by: 0,
+            parent: None,
+        },
+        Op::Process { by: 1 },
+        Op::Process { by: 2 },
+        Op::Process { by: 3 },
+    ];
+    run(&mut world, &mut ids, &ops)?;
+    let key = world.key();
+    let owner = world.owner.clone();
+    let admin = world.members[0].identity.clone();
+    create_epoch(&mut world.spaces[0], &owner, Timestamp(1))?;
+    profile(&mut world.spaces[0], &owner)?;
+    assert_eq!(settled(&mut world)?, vec![0; 6], "the admin has not moved");
+    profile(&mut world.spaces[1], &admin)?;
+    assert_eq!(
+        settled(&mut world)?,
+        vec![1; 6],
+        "the editor and the reader never wrote after it"
+    );
+    create_epoch(&mut world.spaces[0], &owner, Timestamp(2))?;
+    // The admin, not having seen the second epoch, makes the reader an admin.
+    let reader = world.members[2].identity.clone();
+    let promotion = Assertion::SpaceMember { role: Role::Admin };
+    world.spaces[1].write_credential(&issue(key, &admin, reader.public_key(), promotion))?;
+    profile(&mut world.spaces[0], &owner)?;
+    profile(&mut world.spaces[1], &admin)?;
+    assert_eq!(
+        settled(&mut world)?,
+        vec![1; 6],
+        "the new admin has not moved"
+    );
+    profile(&mut world.spaces[3], &reader)?;
     assert_eq!(settled(&mut world)?, vec![2; 6]);
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! A database's objects as a snapshot holds them, and a database loaded back from them.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use echodb_halo::{PublicKey, Seq};
@@ -9,7 +8,7 @@ use echodb_proto::db as db_pb;
 use echodb_proto::epoch as pb;
 
 use crate::database::record::{Lww, ObjectRecord, encode_doc};
-use crate::database::{Config, Database, Stamp, canonical_document};
+use crate::database::{Config, Database, Names, Stamp, canonical_document, intern};
 use crate::id::ObjectId;
 use crate::index::Indexes;
 use crate::value::compact::CompactValue;
@@ -22,21 +21,6 @@ fn stamp_from(proto: Option<&db_pb::Stamp>, what: &str) -> Result<Stamp, String>
         seq: Seq(s.seq),
         index: s.index,
     })
-}
-
-/// The type and model names of the last object read, so that objects of one type share one
-/// allocation of each name (10,000 objects of one type would otherwise make 20,000).
-#[derive(Default)]
-pub(crate) struct Names {
-    type_name: Option<Arc<str>>,
-    model: Option<Arc<str>>,
-}
-
-fn intern(slot: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
-    match slot {
-        Some(held) if &**held == name => held.clone(),
-        _ => slot.insert(Arc::from(name)).clone(),
-    }
 }
 
 /// Reads one snapshot object into a record (nothing else is touched).

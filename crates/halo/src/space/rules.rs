@@ -279,7 +279,7 @@ pub(crate) fn strength(role: Option<Role>) -> u8 {
 }
 
 /// Which roles may write which kinds of block.
-fn role_may_write(role: Role, kind: BlockKind) -> bool {
+pub fn role_may_write(role: Role, kind: BlockKind) -> bool {
     match kind {
         BlockKind::Data => role >= Role::Editor,
         BlockKind::Credential(kind) => match kind {
