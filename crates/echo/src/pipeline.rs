@@ -228,6 +228,9 @@ pub struct Pipeline {
     /// Every control feed an admission delivered so far names (valid or not), with the
     /// identities named.
     admitted_control: BTreeMap<PublicKey, BTreeSet<PublicKey>>,
+    /// Some delivered credential, whatever its decision, sets cutoffs (see
+    /// [`changes_validity`]).
+    cutoffs_seen: bool,
     /// How many epochs of the sequence, from the first, had their collection applied.
     collected_through: u64,
     /// The objects deleted at the cut of epochs not collected yet, where this pipeline's log
@@ -391,13 +394,22 @@ fn objects_of(mutations: &Mutations) -> Vec<ObjectId> {
     out
 }
 
-/// A credential after whose acceptance data blocks may change validity: a removal or
-/// revocation (cutoffs), or an epoch (the blocks it covers keep the validity its issuer saw).
-fn changes_validity(credential: &Credential) -> bool {
+/// Whether a credential sets cutoffs: a removal or a revocation.
+fn sets_cutoffs(credential: &Credential) -> bool {
     matches!(
         credential.claim().assertion,
-        Assertion::MemberRemoved { .. } | Assertion::DeviceRevoked { .. } | Assertion::Epoch(_)
+        Assertion::MemberRemoved { .. } | Assertion::DeviceRevoked { .. }
     )
+}
+
+/// Whether data blocks may change validity once `credential` is accepted: a removal or
+/// revocation (cutoffs), or an epoch when some cutoff is known (the blocks it covers keep the
+/// validity its issuer saw, which only cutoffs can change). `cutoffs_seen`: some delivered
+/// credential, whatever its decision, sets cutoffs. Without one, judging every data block
+/// again after an epoch would find nothing to change, at O(blocks) per epoch.
+fn changes_validity(credential: &Credential, cutoffs_seen: bool) -> bool {
+    sets_cutoffs(credential)
+        || (cutoffs_seen && matches!(credential.claim().assertion, Assertion::Epoch(_)))
 }
 
 impl Pipeline {
@@ -433,6 +445,7 @@ impl Pipeline {
             epoch_covers: Vec::new(),
             epoch_writers: EpochWriters::default(),
             admitted_control: BTreeMap::new(),
+            cutoffs_seen: false,
             collected_through: 0,
             pending: BTreeMap::new(),
         })
@@ -1045,11 +1058,13 @@ impl Pipeline {
         };
         self.rejected = after.clone();
         // What the accepted credential is, from the state machine's decoded copy.
-        let (admitted, changes_validity) = match self.halo.credential_at(position) {
+        let credential = self.halo.credential_at(position);
+        self.cutoffs_seen |= credential.is_some_and(sets_cutoffs);
+        let (admitted, changes_validity) = match credential {
             Some(credential) if accepted == Some(true) => (
                 matches!(credential.claim().assertion, Assertion::AdmittedFeed { .. })
                     .then_some(credential.claim().subject),
-                changes_validity(credential),
+                changes_validity(credential, self.cutoffs_seen),
             ),
             _ => (None, false),
         };
