@@ -8,6 +8,12 @@
 //! partitions, churn). Every random choice comes from the seed, so a run is reproducible and
 //! its event log hash says so.
 //!
+//! Timeline events can also have the owner or admins create epochs with the real
+//! [`echodb_epoch::create_epoch`] (two at once write the same number concurrently) and have
+//! members write profile credentials, which is what lets an epoch settle and its deleted
+//! objects be collected. The convergence check then compares every peer's epoch sequence
+//! (numbers and snapshot CIDs), how much of it is settled and which objects it collected.
+//!
 //! One modelling shortcut, on unless [`Options::verify_every_signature`] is set: a signature
 //! check that passed on one peer is answered from a process-wide memo when another peer makes
 //! the same check (same key, message and signature), instead of each of N peers verifying the
@@ -33,7 +39,7 @@ pub mod scenario;
 pub mod sim;
 
 pub use report::{Divergence, Report, Spread};
-pub use scenario::{Fault, FaultKind, Scenario, ScenarioError};
+pub use scenario::{Fault, FaultKind, Scenario, ScenarioError, TimedEvent};
 pub use sim::{Options, Sim, SimError};
 
 /// Runs `scenario` once with `options`.

@@ -32,11 +32,14 @@ impl Spread {
     }
 }
 
-/// Where replicas differ: the first differing object (by id) between the most common state
-/// and the first peer that does not hold it.
+/// Where replicas differ, between the most common state and the first peer that does not hold
+/// it: the epoch sequence (`field` "epoch sequence", the sequences as values), else how much of
+/// it is settled ("settled epochs"), else the first object (by id) collected on one and not the
+/// other ("collected at epoch"), else the first differing object (by id).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Divergence {
-    /// The object's id (hex); `None` if only query results differ.
+    /// The object's id (hex); `None` if only query results, the epoch sequence or the
+    /// settled epochs differ.
     pub object: Option<String>,
     /// The first differing field of that object, if the difference is in a field.
     pub field: Option<String>,
@@ -69,7 +72,7 @@ pub struct Report {
     pub divergence: Option<Divergence>,
     /// Virtual time at the end of the run.
     pub virtual_time_ms: f64,
-    /// The last write.
+    /// The last write (data, epoch or profile).
     pub last_write_ms: f64,
     /// The last heal, peer coming online or join.
     pub last_heal_ms: f64,
@@ -116,6 +119,20 @@ pub struct Report {
     pub blocks_stored: u64,
     /// Invitations completed.
     pub invites_completed: usize,
+    /// Epochs created by `epoch` events (two at one time count twice, though one number).
+    pub epochs_created: u64,
+    /// Length of the epoch sequence in the most common final state: concurrent epochs with one
+    /// number count once.
+    pub epoch_sequence: usize,
+    /// Epochs of that sequence that are settled (`Pipeline::settled_epochs`: the control feeds
+    /// that could write a competing epoch have a block after it). Fewer than `epoch_sequence`
+    /// when such a feed wrote nothing after an epoch (see `profile` events), or never can (a
+    /// removed admin's).
+    pub epochs_settled: usize,
+    /// Objects collected at settled epochs (deleted at their cuts), in the most common state.
+    pub collected_objects: usize,
+    /// Profile credentials written by `profile` events.
+    pub profiles_written: u64,
     /// Signature checks computed during setup and run (counted process-wide: runs in parallel
     /// threads of one process count each other's).
     pub signatures_computed: u64,
@@ -160,11 +177,16 @@ impl Report {
             );
         }
         if let Some(d) = &self.divergence {
+            let what = match (&d.object, &d.field) {
+                (Some(object), field) => {
+                    format!("object {object} field {}", field.as_deref().unwrap_or("-"))
+                }
+                (None, Some(field)) => field.clone(),
+                (None, None) => "-".into(),
+            };
             let _ = writeln!(
                 s,
-                "  first difference: object {} field {}: peer {} has {}, peers {:?} differ (first: {})",
-                d.object.as_deref().unwrap_or("-"),
-                d.field.as_deref().unwrap_or("-"),
+                "  first difference: {what}: peer {} has {}, peers {:?} differ (first: {})",
                 d.reference_peer,
                 d.expected
                     .as_ref()
@@ -192,6 +214,22 @@ impl Report {
             self.refused_connections,
             self.resets
         );
+        if self.epochs_created > 0 || self.epoch_sequence > 0 || self.profiles_written > 0 {
+            let _ = writeln!(
+                s,
+                "  epochs: {} created, sequence {}, settled {}{}; {} objects collected; {} profiles written",
+                self.epochs_created,
+                self.epoch_sequence,
+                self.epochs_settled,
+                if self.epochs_settled < self.epoch_sequence {
+                    " (an epoch settles once control feeds write after it: see profile events)"
+                } else {
+                    ""
+                },
+                self.collected_objects,
+                self.profiles_written
+            );
+        }
         let _ = writeln!(
             s,
             "  blocks received {} of which stored {} (the rest came over two links at once)",

@@ -47,6 +47,10 @@ pub struct Scenario {
     pub description: String,
     /// Members of the space at the start (peer 0 created it; the others are admitted).
     pub peers: usize,
+    /// Initial members admitted as admins instead of editors (peer 0 is the owner). An admin
+    /// may create epochs; admitting and removing stay with peer 0.
+    #[serde(default)]
+    pub admins: Vec<usize>,
     /// Overlay: each peer opens links to this many random other peers (so about twice as many
     /// links per peer on average).
     #[serde(default = "default_degree")]
@@ -65,7 +69,8 @@ pub struct Scenario {
     /// Random peers going offline and coming back.
     #[serde(default)]
     pub churn: Option<Churn>,
-    /// The timeline: partitions, heals, offline periods, invitations, removals.
+    /// The timeline: partitions, heals, offline periods, invitations, removals, epochs and
+    /// profile writes.
     #[serde(default)]
     pub events: Vec<TimedEvent>,
     /// Test-only: make one peer misbehave so that the convergence check must fail.
@@ -219,6 +224,32 @@ pub enum TimedEvent {
         /// The removed peer.
         peer: usize,
     },
+    /// Each listed peer creates the next epoch of what it has processed, with the real
+    /// `echodb_epoch::create_epoch` issued by its device (it must be the owner or an admin,
+    /// see [`Scenario::admins`]; otherwise the run fails with the peer and the reason). The
+    /// peers create theirs one after another at the same virtual time, so none has seen the
+    /// others': two peers make two epochs with the same number, and every replica must keep
+    /// the same one of them in its sequence.
+    Epoch {
+        /// When.
+        at_ms: u64,
+        /// The creating peers, in order.
+        peers: Vec<usize>,
+    },
+    /// Peers write a `MemberProfile` credential (naming themselves) to their own control
+    /// feed: the listed ones, or every joined member not removed when none is listed. Offline
+    /// peers write too and send it when back. Besides a rename, this is what settles epochs: an
+    /// epoch settles (and the objects deleted at its cut are collected) only once the control
+    /// feeds that could write a competing epoch have a block after it
+    /// (`Pipeline::settled_epochs`), and members other than peer 0 write control blocks
+    /// nowhere else in the simulator.
+    Profile {
+        /// When.
+        at_ms: u64,
+        /// The writing peers (empty: every joined member not removed).
+        #[serde(default)]
+        peers: Vec<usize>,
+    },
 }
 
 impl TimedEvent {
@@ -229,7 +260,9 @@ impl TimedEvent {
             | TimedEvent::Heal { at_ms }
             | TimedEvent::Offline { at_ms, .. }
             | TimedEvent::Invite { at_ms, .. }
-            | TimedEvent::Remove { at_ms, .. } => *at_ms,
+            | TimedEvent::Remove { at_ms, .. }
+            | TimedEvent::Epoch { at_ms, .. }
+            | TimedEvent::Profile { at_ms, .. } => *at_ms,
         }
     }
 }
@@ -375,6 +408,17 @@ impl Scenario {
                 );
             }
         }
+        for (i, admin) in self.admins.iter().enumerate() {
+            if *admin == 0 || *admin >= self.peers {
+                return bad(
+                    &format!("admins[{i}]"),
+                    format!(
+                        "{admin} (allowed: initial members 1..{}; peer 0 is the owner)",
+                        self.peers
+                    ),
+                );
+            }
+        }
         let total = self.peers + self.guests();
         for (i, event) in self.events.iter().enumerate() {
             let field = |name: &str| format!("events[{i}].{name}");
@@ -403,6 +447,14 @@ impl Scenario {
                 }
                 TimedEvent::Remove { peer, .. } if *peer == 0 || *peer >= total => {
                     return bad(&field("peer"), format!("{peer} (allowed: 1..{total})"));
+                }
+                TimedEvent::Epoch { peers, .. } if peers.is_empty() => {
+                    return bad(&field("peers"), "empty (at least one creating peer)".into());
+                }
+                TimedEvent::Epoch { peers, .. } | TimedEvent::Profile { peers, .. } => {
+                    if let Some(p) = peers.iter().find(|p| **p >= total) {
+                        return bad(&field("peers"), format!("peer {p} of {total}"));
+                    }
                 }
                 _ => {}
             }

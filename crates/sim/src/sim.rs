@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use echodb_echo::{
-    BlockOrigin, Config, Database, FeedKeys, ObjectId, ObjectModel, PipelineError, Query, Space,
-    TextModel, Value, model::Model as _,
+    BlockOrigin, Config, CredentialWriteError, Database, FeedKeys, ObjectId, ObjectModel,
+    PipelineError, Query, Space, TextModel, Value, model::Model as _,
 };
+use echodb_epoch::EpochError;
 use echodb_feed_store::{CausalIterator, Delivered, FeedEvent, FeedStore};
 use echodb_halo::{
     Assertion, BlockKind, Claim, ControlBlock, Credential, Cutoffs, Designation, DeviceSigner,
@@ -39,12 +40,16 @@ use tokio::sync::broadcast::error::TryRecvError;
 use crate::net::{Direction, Event, MS, Micros, Queue};
 use crate::report::{Divergence, Report, Spread};
 use crate::rng::SimRng;
-use crate::scenario::{FaultKind, Scenario, TimedEvent};
+use crate::scenario::{FaultKind, Scenario, ScenarioError, TimedEvent};
 
 /// Why a run stopped early. A run that does not converge is not an error: the report says so.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SimError {
+    /// The scenario does not fit (checked again here, since a caller may have changed it
+    /// after loading, e.g. fewer peers than a timeline event names).
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
     /// Setting up a peer failed.
     #[error("setting up peer {peer}: {reason}")]
     Setup {
@@ -61,6 +66,51 @@ pub enum SimError {
         /// The failure.
         source: PipelineError,
     },
+    /// A peer named by an `epoch` event could not create the epoch: typically
+    /// [`EpochError::NotAllowed`], a peer that is neither the owner nor an admin (see
+    /// `Scenario::admins`), or one that knows it was removed.
+    #[error("peer {peer} could not create an epoch at {at_ms} ms: {source}{hint}", hint = epoch_hint(.source))]
+    Epoch {
+        /// The peer.
+        peer: usize,
+        /// When (virtual ms).
+        at_ms: u64,
+        /// Why.
+        #[source]
+        source: EpochError,
+    },
+    /// A peer could not write a credential to its control feed.
+    #[error("peer {peer} could not write a credential at {at_ms} ms: {source}")]
+    Credential {
+        /// The peer.
+        peer: usize,
+        /// When (virtual ms).
+        at_ms: u64,
+        /// Why.
+        #[source]
+        source: CredentialWriteError,
+    },
+    /// A timeline event names a peer that has no space (a guest not joined yet, or whose
+    /// invitation failed).
+    #[error("{event} event at {at_ms} ms: peer {peer} has not joined the space")]
+    NotJoined {
+        /// The peer.
+        peer: usize,
+        /// When (virtual ms).
+        at_ms: u64,
+        /// The event's kind.
+        event: &'static str,
+    },
+}
+
+/// What to do about an epoch a peer was not allowed to create.
+fn epoch_hint(error: &EpochError) -> &'static str {
+    match error {
+        EpochError::NotAllowed { .. } => {
+            " (only the owner, peer 0, and the members a scenario lists in `admins` may)"
+        }
+        _ => "",
+    }
 }
 
 /// Options of one run besides the scenario.
@@ -128,9 +178,26 @@ impl Membership for PeerMembership {
 
 type Sess = Session<PeerMembership>;
 
+/// How a peer signs the credentials it issues (epochs, profiles).
+enum Signing {
+    /// Ready: the owner's device from its `Identity`, or a member's once built.
+    Device(DeviceSigner),
+    /// A member's identity and device keys, until it first issues something: then its device
+    /// signer is built, with an `AuthorizedDevice` credential its identity signs as the chain.
+    /// Most peers never issue a credential, and a signature per peer would slow the setup of
+    /// large scenarios.
+    Keys {
+        /// The identity's key pair.
+        identity: KeyPair,
+        /// The device's key pair.
+        device: KeyPair,
+    },
+}
+
 struct Peer {
     device: PublicKey,
     identity: PublicKey,
+    signing: Signing,
     keys: FeedKeys,
     store: Arc<FeedStore>,
     space: Rc<RefCell<Option<Space>>>,
@@ -162,6 +229,32 @@ struct Peer {
 impl Peer {
     fn joined(&self) -> bool {
         self.space.borrow().is_some()
+    }
+
+    /// The peer's device signer, acting for its identity (see [`Signing`]).
+    fn signer(&mut self, space: PublicKey, now: Timestamp) -> DeviceSigner {
+        let signer = match &self.signing {
+            Signing::Device(signer) => return signer.clone(),
+            Signing::Keys { identity, device } => {
+                // The chain's credential belongs in the identity's HALO space, which simulated
+                // members do not have; a delegation link is checked by its signatures alone.
+                let authorization = Claim {
+                    space,
+                    issuer: identity.public_key(),
+                    subject: device.public_key(),
+                    issued_at: now,
+                    parents: vec![],
+                    assertion: Assertion::AuthorizedDevice {
+                        identity: identity.public_key(),
+                        device: device.public_key(),
+                    },
+                }
+                .sign(identity);
+                DeviceSigner::new(identity.public_key(), device.clone(), vec![authorization])
+            }
+        };
+        self.signing = Signing::Device(signer.clone());
+        signer
     }
 
     fn membership(&self) -> PeerMembership {
@@ -230,10 +323,22 @@ struct Invite {
     done: bool,
 }
 
-/// One object's state on one peer, for comparisons.
+/// One peer's state, for comparisons: its objects, and its epochs (the sequence, how much of
+/// it is settled, what was collected).
 struct Fingerprint {
     hash: [u8; 32],
     objects: BTreeMap<ObjectId, [u8; 32]>,
+    epochs: EpochState,
+    collected: BTreeMap<ObjectId, u64>,
+}
+
+/// A peer's epoch sequence as its space decided it.
+#[derive(Default, Clone, PartialEq)]
+struct EpochState {
+    /// Each epoch's number and snapshot CID, in sequence order.
+    sequence: Vec<(u64, [u8; 32])>,
+    /// How many of them, from the first, are settled (`Pipeline::settled_epochs`).
+    settled: usize,
 }
 
 /// A simulation run. Create with [`Sim::new`], run with [`Sim::run`].
@@ -266,6 +371,10 @@ pub struct Sim {
     refused_connections: u64,
     refused_writes: u64,
     invites_completed: usize,
+    /// Epochs created by `epoch` events.
+    epochs_created: u64,
+    /// Profile credentials written by `profile` events.
+    profiles_written: u64,
     next_guest: usize,
     samples: Vec<(Micros, Vec<Option<[u8; 32]>>)>,
     next_sample: Micros,
@@ -299,6 +408,7 @@ impl Sim {
     /// Builds the peers (all initial members hold the genesis and their admissions, as after
     /// a space was set up; guests start empty) and the overlay.
     pub fn new(scenario: Scenario, options: &Options) -> Result<Self, SimError> {
+        scenario.validate(std::path::Path::new(&scenario.name))?;
         let setup_started = Instant::now();
         if !options.verify_every_signature {
             echodb_halo::keys::remember_verified_signatures(REMEMBERED_SIGNATURES);
@@ -334,10 +444,20 @@ impl Sim {
 
         let mut peers = Vec::with_capacity(total);
         for i in 0..total {
-            let (identity, device) = if i == 0 {
-                (owner_identity.public_key(), owner_device_key)
+            let (identity, device, signing) = if i == 0 {
+                (
+                    owner_identity.public_key(),
+                    owner_device_key,
+                    Signing::Device(owner.clone()),
+                )
             } else {
-                (key(&mut keyrng).public_key(), key(&mut keyrng).public_key())
+                let identity = key(&mut keyrng);
+                let device = key(&mut keyrng);
+                (
+                    identity.public_key(),
+                    device.public_key(),
+                    Signing::Keys { identity, device },
+                )
             };
             let keys = FeedKeys {
                 control: key(&mut keyrng),
@@ -350,6 +470,7 @@ impl Sim {
             peers.push(Peer {
                 device,
                 identity,
+                signing,
                 keys,
                 store,
                 space: Rc::new(RefCell::new(None)),
@@ -386,8 +507,13 @@ impl Sim {
         );
         let space_key = genesis.space;
         let mut payloads: Vec<Vec<u8>> = genesis.credentials.iter().map(|c| c.to_bytes()).collect();
-        for peer in &peers[1..members] {
-            for credential in admission(space_key, &owner, peer) {
+        for (i, peer) in peers.iter().enumerate().take(members).skip(1) {
+            let role = if scenario.admins.contains(&i) {
+                Role::Admin
+            } else {
+                Role::Editor
+            };
+            for credential in admission(space_key, &owner, peer, role) {
                 payloads.push(credential.to_bytes());
             }
         }
@@ -482,6 +608,8 @@ impl Sim {
             refused_connections: 0,
             refused_writes: 0,
             invites_completed: 0,
+            epochs_created: 0,
+            profiles_written: 0,
             next_guest: members,
             samples: Vec::new(),
             next_sample: 0,
@@ -1116,8 +1244,102 @@ impl Sim {
                 }
             }
             TimedEvent::Remove { peer, .. } => self.remove(peer)?,
+            TimedEvent::Epoch { peers, .. } => {
+                for peer in peers {
+                    self.create_epoch(peer)?;
+                }
+            }
+            TimedEvent::Profile { peers, .. } => {
+                let peers = if peers.is_empty() {
+                    (0..self.peers.len())
+                        .filter(|p| self.eligible(*p))
+                        .collect()
+                } else {
+                    peers
+                };
+                for peer in peers {
+                    self.write_profile(peer)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// `peer` creates the next epoch of what it has processed (the real `create_epoch`, issued
+    /// by its device), then announces the credential's block like any local write.
+    fn create_epoch(&mut self, peer: usize) -> Result<(), SimError> {
+        let at_ms = self.now / MS;
+        let now = Timestamp(EPOCH_MS + at_ms);
+        let signer = self.peers[peer].signer(self.space_key, now);
+        {
+            let p = &self.peers[peer];
+            let mut guard = p.space.borrow_mut();
+            let space = guard.as_mut().ok_or(SimError::NotJoined {
+                peer,
+                at_ms,
+                event: "epoch",
+            })?;
+            echodb_epoch::create_epoch(space, &signer, now).map_err(|source| SimError::Epoch {
+                peer,
+                at_ms,
+                source,
+            })?;
+        }
+        self.epochs_created += 1;
+        self.wrote_credential(peer)
+    }
+
+    /// `peer` writes a `MemberProfile` naming itself to its control feed (see
+    /// [`TimedEvent::Profile`]), then announces the block like any local write.
+    fn write_profile(&mut self, peer: usize) -> Result<(), SimError> {
+        let at_ms = self.now / MS;
+        let now = Timestamp(EPOCH_MS + at_ms);
+        let signer = self.peers[peer].signer(self.space_key, now);
+        let identity = self.peers[peer].identity;
+        let credential = Claim {
+            space: self.space_key,
+            issuer: identity,
+            subject: identity,
+            issued_at: now,
+            parents: vec![],
+            assertion: Assertion::MemberProfile {
+                display_name: format!("peer {peer} at {at_ms} ms"),
+            },
+        }
+        .sign(&signer);
+        {
+            let p = &self.peers[peer];
+            let mut guard = p.space.borrow_mut();
+            let space = guard.as_mut().ok_or(SimError::NotJoined {
+                peer,
+                at_ms,
+                event: "profile",
+            })?;
+            space
+                .write_credential(&credential)
+                .map_err(|source| SimError::Credential {
+                    peer,
+                    at_ms,
+                    source,
+                })?;
+        }
+        self.profiles_written += 1;
+        self.wrote_credential(peer)
+    }
+
+    /// After `peer` appended a credential (an epoch or a profile, which change no membership)
+    /// to its control feed: counts its bytes and has its driver announce the new head.
+    fn wrote_credential(&mut self, peer: usize) -> Result<(), SimError> {
+        let p = &mut self.peers[peer];
+        let feed = p.keys.control.public_key();
+        let length = p.store.length(&feed);
+        if length > 0 {
+            p.bytes_written += block_len(&p.store, feed, Seq(length - 1));
+        }
+        p.last_change = self.now;
+        p.dirty = true;
+        self.last_write = self.now;
+        self.request_settle(peer)
     }
 
     fn go_offline(&mut self, peer: usize, until: Micros) {
@@ -1506,13 +1728,35 @@ impl Sim {
     }
 
     fn fingerprint(&self, peer: usize) -> Result<Fingerprint, SimError> {
+        let epochs = self.epoch_state(peer);
         self.with_state(peer, |db| match db {
-            Some(db) => fingerprint_of(db),
+            Some(db) => fingerprint_of(db, epochs),
             None => Fingerprint {
                 hash: [0; 32],
                 objects: BTreeMap::new(),
+                epochs: EpochState::default(),
+                collected: BTreeMap::new(),
             },
         })
+    }
+
+    /// The epoch sequence of the peer's space (of its real space, also for a faulty peer:
+    /// the faults are in what the database shows).
+    fn epoch_state(&self, peer: usize) -> EpochState {
+        self.peers[peer]
+            .space
+            .borrow()
+            .as_ref()
+            .map(|space| EpochState {
+                sequence: space
+                    .halo()
+                    .epochs()
+                    .iter()
+                    .map(|e| (e.number, e.snapshot.0))
+                    .collect(),
+                settled: space.pipeline().settled_epochs(),
+            })
+            .unwrap_or_default()
     }
 
     fn object_json(&self, peer: usize, id: ObjectId) -> Option<serde_json::Value> {
@@ -1593,6 +1837,11 @@ impl Sim {
         let virtual_ms = self.now as f64 / MS as f64;
         let wall_ms = wall.as_secs_f64() * 1000.0;
         let objects = prints.first().map_or(0, |f| f.objects.len());
+        // Epoch figures of the most common state (all states, when converged).
+        let agreed = prints.iter().find(|f| f.hash == reference);
+        let epoch_sequence = agreed.map_or(0, |f| f.epochs.sequence.len());
+        let epochs_settled = agreed.map_or(0, |f| f.epochs.settled);
+        let collected_objects = agreed.map_or(0, |f| f.collected.len());
         let curve = self
             .samples
             .iter()
@@ -1643,6 +1892,11 @@ impl Sim {
             blocks_received: self.blocks_received,
             blocks_stored: self.blocks_stored,
             invites_completed: self.invites_completed,
+            epochs_created: self.epochs_created,
+            epoch_sequence,
+            epochs_settled,
+            collected_objects,
+            profiles_written: self.profiles_written,
             signatures_computed: checks.0.saturating_sub(self.checks_before.0),
             signatures_remembered: checks.1.saturating_sub(self.checks_before.1),
             log_hash: hash,
@@ -1657,6 +1911,79 @@ impl Sim {
         reference: [u8; 32],
     ) -> Option<Divergence> {
         let base = prints.iter().position(|f| f.hash == reference)?;
+        // The epoch state first: a different sequence, settlement or collection explains
+        // differing objects, not the other way round.
+        Self::epoch_divergence(eligible, prints, base)
+            .or_else(|| self.object_divergence(eligible, prints, base, reference))
+    }
+
+    /// Where the epoch sequences, their settlement or the collected objects differ from the
+    /// reference peer's (`prints[base]`), in that order.
+    fn epoch_divergence(
+        eligible: &[usize],
+        prints: &[Fingerprint],
+        base: usize,
+    ) -> Option<Divergence> {
+        let r = &prints[base];
+        let differ = |same: &dyn Fn(&Fingerprint) -> bool| -> Vec<usize> {
+            (0..prints.len()).filter(|i| !same(&prints[*i])).collect()
+        };
+        let peers = |odd: &[usize]| odd.iter().map(|i| eligible[*i]).collect::<Vec<_>>();
+        let odd = differ(&|f| f.epochs.sequence == r.epochs.sequence);
+        if let Some(first) = odd.first() {
+            let sequence = |f: &Fingerprint| {
+                serde_json::Value::Array(
+                    f.epochs
+                        .sequence
+                        .iter()
+                        .map(|(number, cid)| serde_json::json!({"number": number, "snapshot": hex(cid)}))
+                        .collect(),
+                )
+            };
+            return Some(Divergence {
+                object: None,
+                field: Some("epoch sequence".into()),
+                reference_peer: eligible[base],
+                differing_peers: peers(&odd),
+                expected: Some(sequence(r)),
+                found: Some(sequence(&prints[*first])),
+            });
+        }
+        let odd = differ(&|f| f.epochs.settled == r.epochs.settled);
+        if let Some(first) = odd.first() {
+            return Some(Divergence {
+                object: None,
+                field: Some("settled epochs".into()),
+                reference_peer: eligible[base],
+                differing_peers: peers(&odd),
+                expected: Some(serde_json::json!(r.epochs.settled)),
+                found: Some(serde_json::json!(prints[*first].epochs.settled)),
+            });
+        }
+        let odd = differ(&|f| f.collected == r.collected);
+        let first = *odd.first()?;
+        let (a, b) = (&r.collected, &prints[first].collected);
+        let ids: BTreeSet<&ObjectId> = a.keys().chain(b.keys()).collect();
+        let object = ids.into_iter().find(|id| a.get(id) != b.get(id))?;
+        Some(Divergence {
+            object: Some(hex(object.as_bytes())),
+            field: Some("collected at epoch".into()),
+            reference_peer: eligible[base],
+            differing_peers: peers(&odd),
+            expected: a.get(object).map(|e| serde_json::json!(e)),
+            found: b.get(object).map(|e| serde_json::json!(e)),
+        })
+    }
+
+    /// The first differing object (by id) between the reference peer and the first peer that
+    /// does not hold the reference state.
+    fn object_divergence(
+        &self,
+        eligible: &[usize],
+        prints: &[Fingerprint],
+        base: usize,
+        reference: [u8; 32],
+    ) -> Option<Divergence> {
         let odd = prints.iter().position(|f| f.hash != reference)?;
         let (a, b) = (&prints[base].objects, &prints[odd].objects);
         let ids: BTreeSet<&ObjectId> = a.keys().chain(b.keys()).collect();
@@ -1701,8 +2028,8 @@ impl Sim {
     }
 }
 
-/// The credentials admitting `peer` as an editor with its two feeds.
-fn admission(space: PublicKey, owner: &DeviceSigner, peer: &Peer) -> Vec<Credential> {
+/// The credentials admitting `peer` with `role` and its two feeds.
+fn admission(space: PublicKey, owner: &DeviceSigner, peer: &Peer, role: Role) -> Vec<Credential> {
     let claim = |subject: PublicKey, assertion: Assertion| {
         Claim {
             space,
@@ -1714,10 +2041,7 @@ fn admission(space: PublicKey, owner: &DeviceSigner, peer: &Peer) -> Vec<Credent
         }
         .sign(owner)
     };
-    let mut out = vec![claim(
-        peer.identity,
-        Assertion::SpaceMember { role: Role::Editor },
-    )];
+    let mut out = vec![claim(peer.identity, Assertion::SpaceMember { role })];
     for (feed, designation) in [
         (peer.keys.control.public_key(), Designation::Control),
         (peer.keys.data.public_key(), Designation::Data),
@@ -1804,8 +2128,9 @@ fn replicated_item(db: &Database, peer: usize) -> Option<ObjectId> {
     })
 }
 
-/// Every object's canonical encoding, plus the results of a fixed set of queries.
-fn fingerprint_of(db: &Database) -> Fingerprint {
+/// Every object's canonical encoding, plus the results of a fixed set of queries, plus the
+/// epoch sequence, how much of it is settled and the objects collected.
+fn fingerprint_of(db: &Database, epochs: EpochState) -> Fingerprint {
     let mut all = blake3::Hasher::new();
     let mut objects = BTreeMap::new();
     for id in db.ids() {
@@ -1826,9 +2151,26 @@ fn fingerprint_of(db: &Database) -> Fingerprint {
             all.update(id.as_bytes());
         }
     }
+    let collected = db.collected().clone();
+    // Only when there are epochs, so that runs without any keep their event log hashes.
+    if !epochs.sequence.is_empty() || !collected.is_empty() {
+        all.update(b"epochs");
+        for (number, cid) in &epochs.sequence {
+            all.update(&number.to_le_bytes());
+            all.update(cid);
+        }
+        all.update(&(epochs.settled as u64).to_le_bytes());
+        all.update(b"collected");
+        for (id, epoch) in &collected {
+            all.update(id.as_bytes());
+            all.update(&epoch.to_le_bytes());
+        }
+    }
     Fingerprint {
         hash: *all.finalize().as_bytes(),
         objects,
+        epochs,
+        collected,
     }
 }
 
@@ -1841,4 +2183,77 @@ fn block_len(store: &FeedStore, feed: PublicKey, seq: Seq) -> u64 {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn print(cid: u8, settled: usize, collected: &[u8]) -> Fingerprint {
+        Fingerprint {
+            hash: [cid; 32],
+            objects: BTreeMap::new(),
+            epochs: EpochState {
+                sequence: vec![(0, [cid; 32])],
+                settled,
+            },
+            collected: collected
+                .iter()
+                .map(|b| (ObjectId::from_bytes([*b; 16]), 0))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn epoch_differences_name_the_part_and_the_peers() {
+        let eligible = [0, 4, 9];
+        let d = Sim::epoch_divergence(
+            &eligible,
+            &[print(1, 1, &[]), print(2, 1, &[]), print(1, 1, &[])],
+            0,
+        )
+        .expect("the sequences differ");
+        assert_eq!(d.field.as_deref(), Some("epoch sequence"));
+        assert_eq!((d.reference_peer, d.differing_peers.clone()), (0, vec![4]));
+        assert_eq!(
+            d.found,
+            Some(serde_json::json!([{"number": 0, "snapshot": hex(&[2; 32])}]))
+        );
+
+        let d = Sim::epoch_divergence(
+            &eligible,
+            &[print(1, 1, &[]), print(1, 1, &[]), print(1, 0, &[])],
+            0,
+        )
+        .expect("the settled counts differ");
+        assert_eq!(d.field.as_deref(), Some("settled epochs"));
+        assert_eq!(d.differing_peers, vec![9]);
+        assert_eq!(
+            (d.expected, d.found),
+            (Some(serde_json::json!(1)), Some(serde_json::json!(0)))
+        );
+
+        let d = Sim::epoch_divergence(
+            &eligible,
+            &[
+                print(1, 1, &[3, 5]),
+                print(1, 1, &[3]),
+                print(1, 1, &[3, 5]),
+            ],
+            0,
+        )
+        .expect("the collections differ");
+        assert_eq!(d.object, Some(hex(&[5; 16])));
+        assert_eq!(d.field.as_deref(), Some("collected at epoch"));
+        assert_eq!((d.expected, d.found), (Some(serde_json::json!(0)), None));
+
+        assert!(
+            Sim::epoch_divergence(
+                &eligible,
+                &[print(1, 1, &[3]), print(1, 1, &[3]), print(1, 1, &[3])],
+                0
+            )
+            .is_none()
+        );
+    }
 }

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use echodb_sim::{Fault, FaultKind, Options, Report, Scenario, run};
+use echodb_epoch::EpochError;
+use echodb_sim::{Fault, FaultKind, Options, Report, Scenario, SimError, TimedEvent, run};
 
 fn scenario(name: &str) -> Scenario {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,9 +76,37 @@ fn batched_and_per_frame_drivers_converge_and_report_the_data_written() {
 
 #[test]
 fn partition_then_heal_converges() {
-    let report = go(small("partition-heal", 10), 3);
+    // The file's second epoch creator (an admin across the partition) is peer 20; with 10
+    // peers it is peer 9, still across.
+    let mut s = small("partition-heal", 10);
+    s.admins = vec![9];
+    for event in &mut s.events {
+        if let TimedEvent::Epoch { peers, .. } = event {
+            *peers = vec![0, 9];
+        }
+    }
+    let report = go(s, 3);
     assert!(report.converged, "{}", report.summary());
     assert!(report.last_heal_ms >= 50_000.0);
+    assert_eq!(
+        (
+            report.epochs_created,
+            report.epoch_sequence,
+            report.epochs_settled
+        ),
+        (2, 1, 1),
+        "{}",
+        report.summary()
+    );
+}
+
+#[test]
+fn a_scenario_changed_after_loading_is_checked_again() {
+    let mut s = scenario("partition-heal");
+    s.peers = 10;
+    let err = run(s, &Options::default()).unwrap_err();
+    assert!(matches!(err, SimError::Scenario(_)), "{err}");
+    assert!(err.to_string().contains("admins[0]"), "{err}");
 }
 
 #[test]
@@ -154,4 +183,142 @@ fn every_scenario_file_parses() {
     ] {
         Scenario::load(&dir.join(format!("{name}.json"))).unwrap();
     }
+}
+
+/// `partition-heal` with few peers: peer 0 and an admin across the partition (peer 5; the
+/// first side holds the first 40% of the peers) create epoch 0 concurrently, every member
+/// writes a profile after the heal (so every control feed moves past the epoch and it
+/// settles), and a third of the object writes delete (so there is something to collect).
+fn concurrent_epochs(peers: usize) -> Scenario {
+    let mut s = small("partition-heal", peers);
+    s.admins = vec![5];
+    s.workload.delete_fraction = 0.3;
+    s.events
+        .retain(|e| !matches!(e, TimedEvent::Epoch { .. } | TimedEvent::Profile { .. }));
+    s.events.push(TimedEvent::Epoch {
+        at_ms: 30_000,
+        peers: vec![0, 5],
+    });
+    s.events.push(TimedEvent::Profile {
+        at_ms: 55_000,
+        peers: vec![],
+    });
+    s
+}
+
+#[test]
+fn two_admins_creating_epochs_concurrently_end_with_one_sequence_and_collect() {
+    let report = go(concurrent_epochs(8), 1);
+    assert!(report.converged, "{}", report.summary());
+    assert_eq!(report.epochs_created, 2, "{}", report.summary());
+    // Both wrote epoch 0; every replica keeps the same one (the convergence check compares
+    // each peer's sequence, numbers and snapshot CIDs).
+    assert_eq!(report.epoch_sequence, 1, "{}", report.summary());
+    assert_eq!(report.epochs_settled, 1, "{}", report.summary());
+    assert!(report.collected_objects >= 1, "{}", report.summary());
+    assert_eq!(report.profiles_written, 8, "{}", report.summary());
+    assert!(
+        report
+            .summary()
+            .contains("epochs: 2 created, sequence 1, settled 1"),
+        "{}",
+        report.summary()
+    );
+}
+
+#[test]
+fn concurrent_epochs_give_one_hash_per_seed_and_converge_at_another_seed() {
+    let a = go(concurrent_epochs(6), 2);
+    let b = go(concurrent_epochs(6), 2);
+    assert!(a.converged, "{}", a.summary());
+    assert_eq!(a.log_hash, b.log_hash);
+    assert_eq!(a.events, b.events);
+    let c = go(concurrent_epochs(6), 3);
+    assert!(c.converged, "{}", c.summary());
+    assert_ne!(a.log_hash, c.log_hash);
+    assert_eq!(
+        (c.epochs_created, c.epoch_sequence),
+        (2, 1),
+        "{}",
+        c.summary()
+    );
+}
+
+#[test]
+fn an_epoch_no_control_feed_moves_past_stays_unsettled_and_collects_nothing() {
+    let mut s = concurrent_epochs(6);
+    s.events
+        .retain(|e| !matches!(e, TimedEvent::Profile { .. }));
+    let report = go(s, 1);
+    assert!(report.converged, "{}", report.summary());
+    assert_eq!(
+        (
+            report.epoch_sequence,
+            report.epochs_settled,
+            report.collected_objects
+        ),
+        (1, 0, 0),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report
+            .summary()
+            .contains("settles once control feeds write after it"),
+        "{}",
+        report.summary()
+    );
+}
+
+#[test]
+fn an_editor_creating_an_epoch_is_an_error_naming_the_peer_and_the_reason() {
+    let mut s = small("baseline-20", 4);
+    s.events.push(TimedEvent::Epoch {
+        at_ms: 1_000,
+        peers: vec![2],
+    });
+    let err = run(
+        s,
+        &Options {
+            seed: 1,
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SimError::Epoch {
+                peer: 2,
+                source: EpochError::NotAllowed { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("peer 2") && text.contains("Editor"), "{text}");
+}
+
+#[test]
+fn epoch_and_admin_fields_are_checked() {
+    let file = Path::new("bad.json");
+    let err = Scenario::parse(
+        file,
+        r#"{"name": "x", "peers": 5, "duration_ms": 10, "admins": [0]}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("admins[0]"), "{err}");
+    let err = Scenario::parse(
+        file,
+        r#"{"name": "x", "peers": 5, "duration_ms": 10, "events": [{"kind": "epoch", "at_ms": 1, "peers": []}]}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("events[0].peers"), "{err}");
+    let err = Scenario::parse(
+        file,
+        r#"{"name": "x", "peers": 5, "duration_ms": 10, "events": [{"kind": "profile", "at_ms": 1, "peers": [5]}]}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("events[0].peers"), "{err}");
 }
