@@ -1271,20 +1271,13 @@ impl Sim {
         let at_ms = self.now / MS;
         let now = Timestamp(EPOCH_MS + at_ms);
         let signer = self.peers[peer].signer(self.space_key, now);
-        {
-            let p = &self.peers[peer];
-            let mut guard = p.space.borrow_mut();
-            let space = guard.as_mut().ok_or(SimError::NotJoined {
-                peer,
-                at_ms,
-                event: "epoch",
-            })?;
+        self.with_joined_space(peer, "epoch", |space| {
             echodb_epoch::create_epoch(space, &signer, now).map_err(|source| SimError::Epoch {
                 peer,
                 at_ms,
                 source,
-            })?;
-        }
+            })
+        })?;
         self.epochs_created += 1;
         self.wrote_credential(peer)
     }
@@ -1307,24 +1300,33 @@ impl Sim {
             },
         }
         .sign(&signer);
-        {
-            let p = &self.peers[peer];
-            let mut guard = p.space.borrow_mut();
-            let space = guard.as_mut().ok_or(SimError::NotJoined {
-                peer,
-                at_ms,
-                event: "profile",
-            })?;
+        self.with_joined_space(peer, "profile", |space| {
             space
                 .write_credential(&credential)
                 .map_err(|source| SimError::Credential {
                     peer,
                     at_ms,
                     source,
-                })?;
-        }
+                })
+        })?;
         self.profiles_written += 1;
         self.wrote_credential(peer)
+    }
+
+    /// Runs `f` on `peer`'s space; a timeline `event` naming a peer without one is an error.
+    fn with_joined_space<R>(
+        &self,
+        peer: usize,
+        event: &'static str,
+        f: impl FnOnce(&mut Space) -> Result<R, SimError>,
+    ) -> Result<R, SimError> {
+        let mut guard = self.peers[peer].space.borrow_mut();
+        let space = guard.as_mut().ok_or(SimError::NotJoined {
+            peer,
+            at_ms: self.now / MS,
+            event,
+        })?;
+        f(space)
     }
 
     /// After `peer` appended a credential (an epoch or a profile, which change no membership)
