@@ -333,7 +333,19 @@ impl Pass {
 
     /// Records block `index` at `position` as valid, after the valid blocks before it.
     fn push_valid(&mut self, index: usize, position: Position, id: Option<CredentialId>) {
-        self.valid.push(index);
+        let place = self.valid.len();
+        self.insert_valid(place, index, position, id);
+    }
+
+    /// Records block `index` at `position` as valid, at `place` in the canonical order.
+    fn insert_valid(
+        &mut self,
+        place: usize,
+        index: usize,
+        position: Position,
+        id: Option<CredentialId>,
+    ) {
+        self.valid.insert(place, index);
         let max = self.valid_max.entry(position.feed).or_insert(position.seq);
         *max = (*max).max(position.seq);
         if let Some(id) = id {
@@ -481,6 +493,8 @@ impl SpaceStateMachine {
                 self.apply_to(index, *valid);
             }
             self.pass.decisions[index] = Some(decision);
+        } else if !is_removal && !seen_before && self.is_neutral(index) {
+            self.decide_neutral_late(index);
         } else {
             self.recompute();
         }
@@ -733,6 +747,51 @@ impl SpaceStateMachine {
             }
         }
         Cow::Owned(view)
+    }
+
+    /// Whether block `index` is a credential no other block's decision depends on, whatever
+    /// its own: a profile (rules never read display names) that is not a copy of an accepted
+    /// credential (which copy counts is decided by the canonical order over all blocks).
+    fn is_neutral(&self, index: usize) -> bool {
+        self.blocks[index].parsed.as_ref().is_ok_and(|parsed| {
+            matches!(
+                parsed.credential.claim().assertion,
+                Assertion::MemberProfile { .. }
+            ) && !self.pass.accepted.contains_key(&parsed.id)
+        })
+    }
+
+    /// Decides a neutral block (see [`SpaceStateMachine::is_neutral`]) that arrived before
+    /// blocks already decided in the canonical order (a concurrent write), without deciding
+    /// everything again: no other decision changes, so the state is what a full pass gives
+    /// once the block is judged from its causal past, put in its canonical place among the
+    /// valid blocks, and folded into the view only if no later valid profile of its subject
+    /// already holds the name. Many members writing profiles concurrently would otherwise
+    /// cost a full pass each.
+    fn decide_neutral_late(&mut self, index: usize) {
+        self.pass.decisions.push(None);
+        let decision = self.decide(index, &self.pass, None, &self.filters, &self.excluded);
+        let block = &self.blocks[index];
+        if let (Ok(valid), Ok(parsed)) = (&decision, &block.parsed) {
+            let key = |i: usize| (self.blocks[i].lamport, self.blocks[i].position);
+            let place = self.pass.valid.partition_point(|&i| key(i) < key(index));
+            let subject = parsed.credential.claim().subject;
+            let named_later = self.pass.valid[place..].iter().any(|&i| {
+                self.blocks[i].parsed.as_ref().is_ok_and(|p| {
+                    p.credential.claim().subject == subject
+                        && matches!(
+                            p.credential.claim().assertion,
+                            Assertion::MemberProfile { .. }
+                        )
+                })
+            });
+            self.pass
+                .insert_valid(place, index, block.position, Some(parsed.id));
+            if !named_later {
+                self.view.apply(&applied(block, parsed, valid.priority));
+            }
+        }
+        self.pass.decisions[index] = Some(decision);
     }
 
     fn apply_to(&mut self, index: usize, valid: Valid) {

@@ -859,3 +859,37 @@ fn a_member_leaves_by_removing_itself_but_the_last_owner_cannot() {
         Err(Refusal::SelfRoleChange { member: me })
     );
 }
+
+/// Two profiles of one member, written concurrently by its two devices: whichever arrives
+/// first, every replica ends with the name of the one later in the canonical order, and a
+/// profile arriving after a canonically later block is decided without a full pass.
+#[test]
+fn concurrent_profiles_end_with_the_canonically_last_name_in_every_order() {
+    let mut w = World::new(2);
+    w.admit(OWNER, 1, Role::Editor, 0);
+    w.admit_feeds(OWNER, dev(1, 1));
+    w.sync_all();
+    let member = w.identity(1);
+    for d in [dev(1, 0), dev(1, 1)] {
+        let profile = w.issue(
+            d,
+            member,
+            Assertion::MemberProfile {
+                display_name: format!("device {d}"),
+            },
+        );
+        w.write(d, &profile);
+    }
+    let n = w.blocks.len();
+    let reference = w.full_replica();
+    let mut swapped: Vec<usize> = (0..n).collect();
+    swapped.swap(n - 2, n - 1);
+    let replica = w.replica(&swapped);
+    assert_eq!(replica.summary(), reference.summary());
+    assert!(reference.display_name(&member).is_some());
+    assert_eq!(
+        replica.display_name(&member),
+        reference.display_name(&member)
+    );
+    assert_eq!(replica.recomputations(), reference.recomputations());
+}
