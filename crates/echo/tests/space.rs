@@ -74,6 +74,15 @@ fn fingerprint(db: &Database) -> Fingerprint {
     (objects, queries)
 }
 
+/// A replica of `a`'s space in `store`, writing with `keys` (admitted or not).
+fn join(
+    a: &Space,
+    store: &Arc<FeedStore>,
+    keys: FeedKeys,
+) -> Result<Space, Box<dyn std::error::Error>> {
+    Ok(Space::join(store.clone(), a.key(), a.genesis_feed(), keys)?)
+}
+
 fn owner_space(store: Arc<FeedStore>) -> (Space, KeyPair) {
     let identity = KeyPair::generate();
     let device = KeyPair::generate().public_key();
@@ -116,7 +125,7 @@ fn replicated_blocks_flow_like_local_ones_and_fire_subscriptions() -> TestResult
     let bob = Member::generate();
     admit(&mut a, &owner, &bob, Role::Editor)?;
     let store_b = Arc::new(FeedStore::in_memory());
-    let mut b = Space::join(store_b.clone(), a.key(), a.genesis_feed(), bob.keys.clone())?;
+    let mut b = join(&a, &store_b, bob.keys.clone())?;
     let mut rng = Rng(7);
     sync(&store_a, &mut b, &mut rng)?;
     assert_eq!(
@@ -170,12 +179,7 @@ fn refused_blocks_are_recorded_and_never_applied() -> TestResult {
     // A reader writes through the space: refused up front.
     admit(&mut a, &owner, &reader, Role::Reader)?;
     let store_r = Arc::new(FeedStore::in_memory());
-    let mut r = Space::join(
-        store_r.clone(),
-        a.key(),
-        a.genesis_feed(),
-        reader.keys.clone(),
-    )?;
+    let mut r = join(&a, &store_r, reader.keys.clone())?;
     sync(&store_a, &mut r, &mut Rng(3))?;
     let refused = r.write(|batch| batch.add(&task("reader"), None));
     assert!(
@@ -229,7 +233,7 @@ fn a_malformed_block_does_not_stop_later_blocks() -> TestResult {
     let bob = Member::generate();
     admit(&mut a, &owner, &bob, Role::Editor)?;
     let store_b = Arc::new(FeedStore::in_memory());
-    let mut b = Space::join(store_b.clone(), a.key(), a.genesis_feed(), bob.keys.clone())?;
+    let mut b = join(&a, &store_b, bob.keys.clone())?;
     sync(&store_a, &mut b, &mut Rng(11))?;
     // Garbage, then a block whose one mutation is malformed, then a good write.
     let tf = b.pipeline().processed().clone();
@@ -271,7 +275,7 @@ fn removal_scenario(seed: u64) -> TestResult {
         Ok(doc)
     })?;
     let store_b = Arc::new(FeedStore::in_memory());
-    let mut b = Space::join(store_b.clone(), a.key(), a.genesis_feed(), bob.keys.clone())?;
+    let mut b = join(&a, &store_b, bob.keys.clone())?;
     sync(&store_a, &mut b, &mut rng)?;
 
     // Before the cutoff: valid for good.
@@ -301,12 +305,7 @@ fn removal_scenario(seed: u64) -> TestResult {
 
     // A third replica sees everything in a random order, in rounds.
     let store_c = Arc::new(FeedStore::in_memory());
-    let mut c = Space::join(
-        store_c.clone(),
-        a.key(),
-        a.genesis_feed(),
-        FeedKeys::generate(None)?,
-    )?;
+    let mut c = join(&a, &store_c, FeedKeys::generate(None)?)?;
     let mut all: Vec<_> = ranges(&store_a)
         .into_iter()
         .chain(ranges(&store_b))
@@ -479,7 +478,7 @@ fn the_change_stream_reports_objects_a_removal_rebuilt() -> TestResult {
     let bob = Member::generate();
     admit(&mut a, &owner, &bob, Role::Editor)?;
     let store_b = Arc::new(FeedStore::in_memory());
-    let mut b = Space::join(store_b.clone(), a.key(), a.genesis_feed(), bob.keys.clone())?;
+    let mut b = join(&a, &store_b, bob.keys.clone())?;
     sync(&store_a, &mut b, &mut Rng(5))?;
     let (x, _) = b.write(|batch| batch.add(&task("x"), None))?;
     let cursor = b.changes(&StreamCursor::start(), 100).cursor;
@@ -595,12 +594,7 @@ fn a_block_names_only_the_writes_it_builds_on_and_keeps_its_whole_causal_past() 
     let mut chain = Vec::new();
     for member in &members {
         let store = Arc::new(FeedStore::in_memory());
-        let mut space = Space::join(
-            store.clone(),
-            a.key(),
-            a.genesis_feed(),
-            member.keys.clone(),
-        )?;
+        let mut space = join(&a, &store, member.keys.clone())?;
         for earlier in &stores {
             sync(earlier, &mut space, &mut rng)?;
         }
@@ -625,12 +619,7 @@ fn a_block_names_only_the_writes_it_builds_on_and_keeps_its_whole_causal_past() 
 
     // A replica that imports the newest block first, then the rest newest to oldest.
     let store_c = Arc::new(FeedStore::in_memory());
-    let mut c = Space::join(
-        store_c.clone(),
-        a.key(),
-        a.genesis_feed(),
-        FeedKeys::generate(None)?,
-    )?;
+    let mut c = join(&a, &store_c, FeedKeys::generate(None)?)?;
     for range in ranges(&store_a) {
         store_c.import(&range)?;
     }

@@ -147,6 +147,12 @@ fn a_wrong_order_on_one_peer_is_reported_with_the_object_and_peer() {
     );
 }
 
+/// Parses `json` as a scenario file, expecting an error that names `field`.
+fn refused_naming(json: &str, field: &str) {
+    let err = Scenario::parse(Path::new("bad.json"), json).unwrap_err();
+    assert!(err.to_string().contains(field), "{err}");
+}
+
 #[test]
 fn scenario_errors_name_the_file_and_field() {
     let file = Path::new("bad.json");
@@ -156,18 +162,14 @@ fn scenario_errors_name_the_file_and_field() {
         text.contains("bad.json") && text.contains("duration_ms"),
         "{text}"
     );
-    let err = Scenario::parse(
-        file,
+    refused_naming(
         r#"{"name": "x", "peers": 5, "duration_ms": 10, "network": {"loss": 0.9}}"#,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("network.loss"), "{err}");
-    let err = Scenario::parse(
-        file,
+        "network.loss",
+    );
+    refused_naming(
         r#"{"name": "x", "peers": 5, "duration_ms": 10, "events": [{"kind": "remove", "at_ms": 1, "peer": 9}]}"#,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("events[0].peer"), "{err}");
+        "events[0].peer",
+    );
 }
 
 #[test]
@@ -302,23 +304,16 @@ fn an_editor_creating_an_epoch_is_an_error_naming_the_peer_and_the_reason() {
 
 #[test]
 fn epoch_and_admin_fields_are_checked() {
-    let file = Path::new("bad.json");
-    let err = Scenario::parse(
-        file,
+    refused_naming(
         r#"{"name": "x", "peers": 5, "duration_ms": 10, "admins": [0]}"#,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("admins[0]"), "{err}");
-    let err = Scenario::parse(
-        file,
+        "admins[0]",
+    );
+    refused_naming(
         r#"{"name": "x", "peers": 5, "duration_ms": 10, "events": [{"kind": "epoch", "at_ms": 1, "peers": []}]}"#,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("events[0].peers"), "{err}");
-    let err = Scenario::parse(
-        file,
+        "events[0].peers",
+    );
+    refused_naming(
         r#"{"name": "x", "peers": 5, "duration_ms": 10, "events": [{"kind": "profile", "at_ms": 1, "peers": [5]}]}"#,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("events[0].peers"), "{err}");
+        "events[0].peers",
+    );
 }
